@@ -1,0 +1,1 @@
+"""KV-cache methods: each module defines one KVMethod subclass."""

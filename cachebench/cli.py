@@ -1,0 +1,197 @@
+"""The `cachebench` command line. Heavy modules are imported inside the commands, so `--help` starts fast.
+
+Exit codes: 0 success, 1 a run finished with failed rows, 2 bad input (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from cachebench.errors import RunInterrupted, UsageError
+
+app = typer.Typer(
+    help="Benchmark and evaluation suite for LLM caching methods.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+list_app = typer.Typer(help="List what can be run.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+
+class _RichProgress:
+    """A rich progress bar over a task's turns, with the current episode in its description."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._bar: Any = None
+        self._name = ""
+
+    def task_started(self, name: str, turns: int) -> None:
+        self._name = name
+        self._bar = self._progress.add_task(name, total=turns)
+
+    def episode_started(self, index: int, total: int) -> None:
+        self._progress.update(self._bar, description=f"{self._name} · episode {index + 1}/{total}")
+
+    def turn_done(self) -> None:
+        self._progress.advance(self._bar)
+
+
+@app.command("eval")
+def eval_command(
+    method: Annotated[str, typer.Option(help="Cache method (see `cachebench list methods`).")],
+    task: Annotated[str, typer.Option(help="Task or task group (see `cachebench list tasks`).")],
+    param: Annotated[list[str] | None, typer.Option(help="Method parameter as name=value; repeatable.")] = None,
+    model: Annotated[str, typer.Option(help="`embedded` (SmolLM2-135M-Instruct, offline), a local folder, a hub "
+                                            "id, or random:<preset|config.json>.")] = "embedded",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    attn_impl: Annotated[str, typer.Option(help="Attention implementation: sdpa, eager, flash_attention_2…")] = "sdpa",
+    mode: Annotated[str | None, typer.Option(help="multi-turn or multi-request (default: the task's).")] = None,
+    golden_history: Annotated[bool, typer.Option(help="Multi-turn: append reference answers, not the model's "
+                                                      "own.")] = False,
+    context_tokens: Annotated[int | None, typer.Option(help="Target context length of generated tasks.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many episodes per task.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generated data (and torch).")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for the run's Parquet file.")] = Path("results"),
+    truncate: Annotated[str, typer.Option(help="Context longer than the model's window: error, or middle "
+                                               "(keep head and tail, recorded in the rows).")] = "error",
+    max_new_tokens: Annotated[int | None, typer.Option(help="Override the task's generation length.")] = None,
+    data: Annotated[str | None, typer.Option(help="Local file in the real dataset's format, instead of the "
+                                                  "hub (hub-backed tasks).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the file "
+                                                              "path.")] = False,
+) -> None:
+    """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from cachebench.evaluate import EvalRequest, run_eval
+
+    request = EvalRequest(
+        method=method, task=task, params=tuple(param or ()), model=model, dtype=dtype, device=device,
+        attn_impl=attn_impl, mode=mode, golden_history=golden_history, context_tokens=context_tokens, limit=limit,
+        seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
+    )
+    console = Console(stderr=True)
+    if quiet:
+        outcome = run_eval(request)
+    else:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            outcome = run_eval(request, _RichProgress(progress))
+    if outcome.path is None:
+        raise UsageError("the run produced no rows")
+    if not quiet:
+        from cachebench.show import render, summarize
+
+        render(summarize([outcome.path]), Console())
+        console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
+    else:
+        print(outcome.path)
+    if outcome.errors:
+        first = next(row["error"] for row in outcome.rows if row["error"])
+        console.print(f"{outcome.errors} rows failed; first error: {first}")
+        raise typer.Exit(1)
+
+
+@app.command("show")
+def show_command(
+    paths: Annotated[list[Path], typer.Argument(help="Result files or directories (searched recursively).")],
+) -> None:
+    """Print a table per task: score with a 95% bootstrap interval, n, mean TTFT and mean KV size."""
+    from rich.console import Console
+
+    from cachebench.show import render, summarize
+
+    render(summarize(paths), Console())
+
+
+@list_app.command("methods")
+def list_methods() -> None:
+    """Each registered method with its parameters."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cachebench.params import describe_params
+    from cachebench.registry import method_class, method_names
+
+    table = Table("method", "summary", "parameters")
+    for name in method_names():
+        cls = method_class(name)
+        params = describe_params(cls.Params)
+        text = "\n".join(
+            f"{p.name}: {p.type_name} = {p.default!r}  {p.help}" + (f" ({p.constraint})" if p.constraint else "")
+            for p in params
+        ) or "(none)"
+        table.add_row(name, escape(cls.summary), escape(text))
+    Console().print(table)
+
+
+@list_app.command("tasks")
+def list_tasks() -> None:
+    """Each task with its family, source, default mode and metric, and the groups that run several."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cachebench.taskspec import all_tasks, groups
+
+    specs = all_tasks()
+    table = Table("task", "source", "mode", "metric", "summary")
+    for spec in specs.values():
+        metric = spec.metric + "".join(f"\n{c}: {m}" for c, m in spec.metric_by_category.items())
+        table.add_row(spec.name, escape(spec.source), spec.mode, metric, escape(spec.summary))
+    console = Console()
+    console.print(table)
+    for group, members in groups(specs).items():
+        console.print(f"group [bold]{escape(group)}[/bold]: {', '.join(members)}")
+
+
+def main() -> None:
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("CACHEBENCH_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set CACHEBENCH_DEBUG=1 for the traceback)".splitlines()[0],
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""`cachebench eval`: validate the request, load the model, build episodes, run, score, write rows.
+
+Everything the user can get wrong is checked before the model loads or any compute starts. Rows are written
+atomically to one Parquet file per run, re-written as a checkpoint while the run goes on, so an interrupted run
+keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from cachebench import __version__, provenance
+from cachebench.engine.chat import ChatFormat
+from cachebench.engine.measure import Clock
+from cachebench.engine.runner import (
+    TRUNCATE_POLICIES,
+    EpisodeRunner,
+    PreparedEpisode,
+    RunSettings,
+    TurnMeasure,
+    prepare_episodes,
+    warm_up,
+)
+from cachebench.episodes import BuildRequest, Episode
+from cachebench.errors import RunInterrupted, UsageError
+from cachebench.metrics import get_scorer
+from cachebench.models.loaded import LoadedModel
+from cachebench.models.loading import load_model
+from cachebench.params import canonical_json
+from cachebench.registry import build_method
+from cachebench.results import write_atomic
+from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
+
+CHECKPOINT_SECONDS = 30.0
+_SCORER_PACKAGES = {"rouge_lsum": "rouge_score", "repoqa": "nltk"}
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    method: str
+    task: str
+    params: tuple[str, ...] = ()
+    model: str = "embedded"
+    dtype: str = "auto"
+    device: str = "auto"
+    attn_impl: str = "sdpa"
+    mode: str | None = None  # None: each task's own default
+    golden_history: bool = False
+    context_tokens: int | None = None
+    limit: int | None = None  # episodes per task
+    seed: int = 0
+    out: Path = Path("results")
+    truncate: str = "error"
+    max_new_tokens: int | None = None
+    data: str | None = None  # a local file in the real dataset's format, for hub-backed tasks
+
+
+@dataclass
+class EvalOutcome:
+    path: Path | None
+    rows: list[dict[str, Any]]
+    errors: int
+
+
+class ProgressSink(Protocol):
+    def task_started(self, name: str, turns: int) -> None: ...
+
+    def episode_started(self, index: int, total: int) -> None: ...
+
+    def turn_done(self) -> None: ...
+
+
+class _Silent:
+    def task_started(self, name: str, turns: int) -> None:
+        pass
+
+    def episode_started(self, index: int, total: int) -> None:
+        pass
+
+    def turn_done(self) -> None:
+        pass
+
+
+def _check_request(request: EvalRequest) -> list[TaskSpec]:
+    check_mode(request.mode)
+    if request.truncate not in TRUNCATE_POLICIES:
+        raise UsageError(f"--truncate {request.truncate!r}: expected one of {', '.join(TRUNCATE_POLICIES)}")
+    for name, value in (("--limit", request.limit), ("--context-tokens", request.context_tokens)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if request.max_new_tokens is not None and request.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {request.max_new_tokens}")
+    if request.data is not None and not Path(request.data).is_file():
+        raise UsageError(f"--data {request.data}: no such file")
+    specs = resolve_tasks(request.task)
+    for spec in specs:
+        for metric in {spec.metric, *spec.metric_by_category.values()}:
+            get_scorer(metric)
+            package = _SCORER_PACKAGES.get(metric)
+            if package and importlib.util.find_spec(package) is None:
+                raise UsageError(f"task {spec.name} is scored with {metric}, which needs {package}: "
+                                 "pip install 'cachebench[data]'")
+    if request.out.exists() and not request.out.is_dir():
+        raise UsageError(f"--out {request.out}: exists and is not a directory")
+    return specs
+
+
+def build_episodes(spec: TaskSpec, request: EvalRequest, model: LoadedModel) -> list[Episode]:
+    """Run the task's builder (generator or dataset loader) for this request."""
+    builder = importlib.import_module(f"cachebench.tasks.builders.{spec.builder}")
+    tokenizer = model.tokenizer
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    episodes_wanted = request.limit or spec.episodes or 10**9
+    build = BuildRequest(
+        episodes=episodes_wanted,
+        context_tokens=request.context_tokens or spec.context_tokens,
+        seed=request.seed,
+        count_tokens=count_tokens,
+        args=spec.builder_args,
+        data_path=request.data,
+    )
+    episodes = builder.build(build)[:episodes_wanted]
+    if not episodes:
+        raise UsageError(f"task {spec.name} produced no episodes")
+    return episodes
+
+
+def _settings(spec: TaskSpec, request: EvalRequest) -> RunSettings:
+    return RunSettings(
+        mode=request.mode or spec.mode,
+        golden_history=request.golden_history,
+        truncate=request.truncate,
+        max_new_tokens=request.max_new_tokens,
+    )
+
+
+def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measure: TurnMeasure,
+         references: list[str], metric: str, score: float | None) -> dict[str, Any]:
+    return {
+        **identity,
+        "task": spec.name,
+        "subtask": spec.subtask,
+        "mode": settings.mode,
+        "truncation": "none" if settings.truncate == "error" else settings.truncate,
+        "episode_id": measure.episode_id,
+        "turn": measure.turn,
+        "category": measure.category,
+        "prediction": measure.prediction,
+        "references": references,
+        "metric": metric,
+        "score": score,
+        "context_tokens": measure.context_tokens,
+        "prompt_tokens": measure.prompt_tokens,
+        "output_tokens": measure.output_tokens,
+        "truncated_tokens": measure.truncated_tokens,
+        "reused_tokens": measure.reused_tokens,
+        "recomputed_tokens": measure.recomputed_tokens,
+        "kv_bytes": measure.kv_bytes,
+        "peak_mem_bytes": measure.peak_mem_bytes,
+        "prefill_ms": measure.prefill_ms,
+        "ttft_ms": measure.ttft_ms,
+        "decode_ms_per_token": measure.decode_ms_per_token,
+        "error": measure.error,
+    }
+
+
+def _failed_turns(prepared: PreparedEpisode, error: str) -> list[TurnMeasure]:
+    """Rows for an episode that raised: identified and marked, with nothing measured."""
+    nan = float("nan")
+    return [
+        TurnMeasure(prepared.episode.episode_id, index, turn.category, "", len(prepared.context_ids), 0, 0, 0, 0,
+                    0, 0, nan, nan, nan, prepared.truncated_tokens, error)
+        for index, turn in enumerate(prepared.episode.turns)
+    ]
+
+
+class _Checkpointer:
+    """Re-writes the run's file now and then, so a killed run keeps what it finished."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        self.path, self.rows, self._last = path, rows, time.monotonic()
+
+    def maybe(self) -> None:
+        if time.monotonic() - self._last >= CHECKPOINT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            write_atomic(self.rows, self.path)
+        self._last = time.monotonic()
+
+
+def run_eval(request: EvalRequest, progress: ProgressSink | None = None) -> EvalOutcome:
+    """Run one method on one task or group; returns the rows and where they were written."""
+    progress = progress or _Silent()
+    specs = _check_request(request)
+    method = build_method(request.method, list(request.params))
+    model = load_model(request.model, request.dtype, request.device, request.attn_impl)
+    torch.manual_seed(request.seed)
+    chat = ChatFormat(model.tokenizer)
+    plan = []
+    for spec in specs:
+        settings = _settings(spec, request)
+        episodes = build_episodes(spec, request, model)
+        plan.append((spec, settings, prepare_episodes(episodes, spec, model, chat, settings)))
+
+    created = provenance.utc_now()
+    run_id = provenance.new_run_id(created)
+    identity = {
+        "run_id": run_id,
+        "created_at": created,
+        "cachebench_version": __version__,
+        "git_sha": provenance.git_sha(),
+        "seed": request.seed,
+        "method": method.name,
+        "method_params": canonical_json(method.params),
+        "model": model.name,
+        "model_weights": model.weights,
+        "dtype": model.dtype_name,
+        "device": str(model.device),
+        "hardware": provenance.hardware(model.device),
+        "attn_impl": model.attn_impl,
+        "timer": Clock(model.device).method,
+    }
+    warm_up(model)
+    method.attach(model)
+
+    rows: list[dict[str, Any]] = []
+    path = request.out / f"{run_id}.parquet"
+    checkpoint = _Checkpointer(path, rows)
+    errors = 0
+    try:
+        for spec, settings, prepared_episodes in plan:
+            progress.task_started(spec.name, sum(len(p.episode.turns) for p in prepared_episodes))
+            runner = EpisodeRunner(model, method, spec, settings)
+            try:
+                for index, prepared in enumerate(prepared_episodes):
+                    progress.episode_started(index, len(prepared_episodes))
+                    try:
+                        measures = runner.run(prepared, progress.turn_done)
+                    except (RuntimeError, torch.OutOfMemoryError) as exc:
+                        measures = _failed_turns(prepared, f"{type(exc).__name__}: {exc}".splitlines()[0])
+                        errors += len(measures)
+                    for measure, turn in zip(measures, prepared.episode.turns, strict=True):
+                        metric = spec.metric_for(turn.category)
+                        score = None
+                        if measure.error is None:
+                            score = get_scorer(metric)(measure.prediction, turn.references, turn.meta)
+                        rows.append(_row(identity, spec, settings, measure, turn.references, metric, score))
+                    checkpoint.maybe()
+            finally:
+                runner.close()
+    except KeyboardInterrupt:
+        checkpoint.flush()
+        raise RunInterrupted(path if rows else None, len(rows)) from None
+    checkpoint.flush()
+    return EvalOutcome(path if rows else None, rows, errors)

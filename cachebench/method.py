@@ -1,0 +1,73 @@
+"""The interface every KV-cache method implements, and what the runner hands it.
+
+A method sees the model at three depths:
+  - per run (`attach`): state that must outlive episodes, such as a store of reusable KV blocks;
+  - per forward (`prefill`): it may replace how a context or query is fed, e.g. load reused KV and compute less;
+  - per attention layer (`on_layer`): right after a layer wrote its new keys/values, in every phase (context
+    prefill, query prefill, each decode step), it may compress, evict, or record statistics.
+Per-cache state lives in `call.state` / `session.state`; the runner snapshots it together with the cache, so
+multi-request turns each start from the same post-context state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from cachebench.engine.measure import cache_bytes
+from cachebench.params import NoParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from cachebench.engine.session import KVSession
+    from cachebench.models.loaded import LoadedModel
+
+Phase = Literal["context", "query", "decode"]
+
+
+@dataclass
+class LayerCall:
+    """One attention layer's forward, seen right after it appended its new keys/values to the cache."""
+
+    layer_idx: int
+    phase: Phase
+    module: torch.nn.Module  # the attention module: q_proj/k_proj/... for methods that recompute queries
+    hidden_states: torch.Tensor  # the attention input for the new tokens, (batch, new_tokens, hidden)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None  # RoPE (cos, sin) of the new tokens
+    positions: torch.Tensor  # true positions of the new tokens (1-D); differ from cache indices once evicted
+    cache: Any  # transformers Cache: cache.layers[layer_idx].keys / .values, (batch, kv_heads, length, head_dim)
+    state: dict[str, Any]  # per-cache method state, snapshotted and restored with the cache
+
+
+class KVMethod:
+    """Base class: the uncompressed behaviour. Subclasses override only the hooks they need."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    uses_layer_hook: ClassVar[bool] = False  # attention hooks cost time; only installed when a method wants them
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def attach(self, model: LoadedModel) -> None:
+        """Called once per run, before the first episode."""
+
+    def new_cache(self, model: LoadedModel) -> Any:
+        """The cache object an episode starts with (a quantized method returns its own cache class)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=model.config)
+
+    def prefill(self, session: KVSession, token_ids: Sequence[int], phase: Phase) -> torch.Tensor:
+        """Feed prompt tokens (the shared context, or a turn's query) and return the last position's logits."""
+        return session.forward(token_ids, phase)
+
+    def on_layer(self, call: LayerCall) -> None:
+        """Act on one layer's cache after it was written. Only called when `uses_layer_hook` is true."""
+
+    def kv_bytes(self, cache: Any) -> int:
+        """Bytes the cache holds after the method acted (methods keeping data outside the cache add it here)."""
+        return cache_bytes(cache)

@@ -1,0 +1,127 @@
+"""Result rows: the Parquet schema both tracks share, atomic writing, and reading many files back.
+
+One row per KV turn or semantic request. The schema is documented column by column in docs/results.md; its
+version is stored in the file's metadata under `cachebench.schema_version`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cachebench.errors import UsageError
+
+SCHEMA_VERSION = "1"
+METADATA_KEY = b"cachebench.schema_version"
+
+SCHEMA = pa.schema(
+    [
+        # run identity
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("cachebench_version", pa.string()),
+        ("git_sha", pa.string()),
+        ("seed", pa.int64()),
+        # what ran
+        ("task", pa.string()),
+        ("subtask", pa.string()),
+        ("mode", pa.string()),
+        ("method", pa.string()),
+        ("method_params", pa.string()),
+        ("model", pa.string()),
+        ("model_weights", pa.string()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("hardware", pa.string()),
+        ("attn_impl", pa.string()),
+        ("timer", pa.string()),
+        ("truncation", pa.string()),
+        # the item
+        ("episode_id", pa.string()),
+        ("turn", pa.int32()),
+        ("category", pa.string()),
+        # quality
+        ("prediction", pa.string()),
+        ("references", pa.list_(pa.string())),
+        ("metric", pa.string()),
+        ("score", pa.float64()),
+        # cost
+        ("context_tokens", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("truncated_tokens", pa.int64()),
+        ("reused_tokens", pa.int64()),
+        ("recomputed_tokens", pa.int64()),
+        ("kv_bytes", pa.int64()),
+        ("peak_mem_bytes", pa.int64()),
+        ("prefill_ms", pa.float64()),
+        ("ttft_ms", pa.float64()),
+        ("decode_ms_per_token", pa.float64()),
+        # semantic-cache outcome (null on KV rows)
+        ("hit", pa.bool_()),
+        ("outcome", pa.string()),
+        ("similarity", pa.float64()),
+        ("lookup_ms", pa.float64()),
+        ("stale", pa.bool_()),
+        # failure
+        ("error", pa.string()),
+    ],
+    metadata={METADATA_KEY: SCHEMA_VERSION.encode()},
+)
+
+SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale")
+
+
+def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts keyed by column) to a table of exactly SCHEMA; missing keys become nulls."""
+    columns = {field.name: [row.get(field.name) for row in rows] for field in SCHEMA}
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def write_atomic(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Write the rows to `path` through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(to_table(rows), temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _files(paths: Iterable[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(".")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"no such results file or directory: {raw}")
+    if not found:
+        raise UsageError(f"no .parquet result files under {', '.join(map(str, paths))}")
+    return found
+
+
+def read_results(paths: Iterable[str | Path]) -> pa.Table:
+    """All rows of the given files and directories (searched recursively), as one table of SCHEMA."""
+    tables = []
+    for file in _files(paths):
+        try:
+            table = pq.read_table(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UsageError(f"{file}: not a readable Parquet file ({exc})") from None
+        version = (table.schema.metadata or {}).get(METADATA_KEY)
+        if version is None:
+            raise UsageError(f"{file}: not a cachebench result file (no schema version)")
+        if version.decode() != SCHEMA_VERSION:
+            raise UsageError(f"{file}: schema version {version.decode()}, this cachebench reads {SCHEMA_VERSION}")
+        tables.append(table.cast(SCHEMA))
+    return pa.concat_tables(tables)

@@ -1,0 +1,117 @@
+"""Task definitions read from YAML (tasks/<family>/<task>.yaml), as lm-evaluation-harness keeps tasks as data.
+
+A task names its family, the builder that produces its episodes (offline generator or real-dataset loader), the
+default mode, the scorer, how many tokens to generate, and the prompt templates. Groups are tags: `--task
+multiturn` runs every task tagged with that group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from cachebench.errors import UsageError, unknown_name
+
+MODES = ("multi-turn", "multi-request")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # what --task takes: "<family>.<subtask>"
+    family: str
+    subtask: str
+    summary: str
+    groups: tuple[str, ...]
+    builder: str  # module under tasks/builders
+    builder_args: dict[str, Any]
+    source: str  # where the data comes from, for listings ("offline: ...", "hub: ...")
+    mode: str
+    metric: str
+    max_new_tokens: int
+    context_template: str  # str.format with the episode's fields, must use {context}
+    query_template: str  # str.format with the turn's fields, must use {input}
+    query_joiner: str = "\n\n"  # joins context and query when both sit in one user message
+    context_tokens: int = 0  # default target length for generated contexts (0: the data decides)
+    episodes: int = 0  # default number of episodes (0: all the data has)
+    metric_by_category: dict[str, str] = field(default_factory=dict)  # mixed tasks score per sub-task
+    max_new_tokens_by_category: dict[str, int] = field(default_factory=dict)
+
+    def metric_for(self, category: str) -> str:
+        return self.metric_by_category.get(category, self.metric)
+
+    def max_new_tokens_for(self, category: str) -> int:
+        return self.max_new_tokens_by_category.get(category, self.max_new_tokens)
+
+
+_REQUIRED = ("family", "subtask", "summary", "builder", "source", "mode", "metric", "max_new_tokens", "template")
+
+
+def _parse(text: str, origin: str) -> TaskSpec:
+    data = yaml.safe_load(text)
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise ValueError(f"{origin}: missing {', '.join(missing)}")
+    if data["mode"] not in MODES:
+        raise ValueError(f"{origin}: mode must be one of {MODES}")
+    template = data["template"]
+    return TaskSpec(
+        name=f"{data['family']}.{data['subtask']}",
+        family=data["family"],
+        subtask=data["subtask"],
+        summary=data["summary"],
+        groups=tuple(data.get("groups", ())),
+        builder=data["builder"],
+        builder_args=dict(data.get("args", {}) or {}),
+        source=data["source"],
+        mode=data["mode"],
+        metric=data["metric"],
+        max_new_tokens=int(data["max_new_tokens"]),
+        context_template=template["context"],
+        query_template=template["query"],
+        query_joiner=template.get("joiner", "\n\n"),
+        context_tokens=int(data.get("context_tokens", 0)),
+        episodes=int(data.get("episodes", 0)),
+        metric_by_category=dict(data.get("metric_by_category", {}) or {}),
+        max_new_tokens_by_category={k: int(v) for k, v in (data.get("max_new_tokens_by_category") or {}).items()},
+    )
+
+
+def all_tasks() -> dict[str, TaskSpec]:
+    """Every task YAML shipped in the tasks package, by name."""
+    specs: dict[str, TaskSpec] = {}
+    root = resources.files("cachebench.tasks")
+    for family_dir in sorted(root.iterdir(), key=lambda p: p.name):
+        if not family_dir.is_dir() or family_dir.name.startswith(("_", ".")) or family_dir.name == "builders":
+            continue
+        for item in sorted(family_dir.iterdir(), key=lambda p: p.name):
+            if item.name.endswith(".yaml"):
+                spec = _parse(item.read_text(encoding="utf-8"), f"tasks/{family_dir.name}/{item.name}")
+                specs[spec.name] = spec
+    return specs
+
+
+def groups(specs: dict[str, TaskSpec]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for spec in specs.values():
+        for group in spec.groups:
+            out.setdefault(group, []).append(spec.name)
+    return out
+
+
+def resolve_tasks(name: str) -> list[TaskSpec]:
+    """A task name or a group name -> the task specs to run, in a stable order."""
+    specs = all_tasks()
+    if name in specs:
+        return [specs[name]]
+    by_group = groups(specs)
+    if name in by_group:
+        return [specs[n] for n in by_group[name]]
+    raise unknown_name("task", name, [*specs, *by_group])
+
+
+def check_mode(mode: str | None) -> None:
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")

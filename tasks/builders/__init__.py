@@ -1,0 +1,1 @@
+"""Builders that generate or load a task's episodes; a task's YAML names its builder."""
