@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 
-from cachebench.tasks.builders.placement import depth_bucket, fill_count, interleave, spread_depths
-
 from cachebench.episodes import BuildRequest, Episode, Turn
+from cachebench.tasks.builders.placement import depth_bucket, fill_count, interleave, spread_depths
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 LABELS = (
