@@ -5,12 +5,12 @@ Exit codes: 0 success, 1 a run finished with failed rows, 2 bad input (one line 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from cachebench.errors import RunInterrupted, UsageError
@@ -164,33 +164,43 @@ def list_tasks() -> None:
         console.print(f"group [bold]{escape(group)}[/bold]: {', '.join(members)}")
 
 
+def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class `name`, from typer's vendored copy and from click itself (typer versions differ)."""
+    found = []
+    for module_name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module_name), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main() -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    abort, click_error = _click_exception_types("Abort"), _click_exception_types("ClickException")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except click_error as exc:
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if message:  # empty when a bare command printed its help
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
         if os.environ.get("CACHEBENCH_DEBUG"):
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (set CACHEBENCH_DEBUG=1 for the traceback)".splitlines()[0],
-              file=sys.stderr)
+        message = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        print(f"{message} (set CACHEBENCH_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

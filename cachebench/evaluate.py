@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,6 @@ from cachebench.registry import build_method
 from cachebench.results import write_atomic
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
 
-CHECKPOINT_SECONDS = 30.0
 _SCORER_PACKAGES = {"rouge_lsum": "rouge_score", "repoqa": "nltk"}
 
 
@@ -191,7 +191,7 @@ class _Checkpointer:
         self.path, self.rows, self._last = path, rows, time.monotonic()
 
     def maybe(self) -> None:
-        if time.monotonic() - self._last >= CHECKPOINT_SECONDS:
+        if time.monotonic() - self._last >= float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30")):
             self.flush()
 
     def flush(self) -> None:

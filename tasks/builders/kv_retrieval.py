@@ -21,8 +21,9 @@ def _uuid(rng: random.Random) -> str:
 def build(request: BuildRequest) -> list[Episode]:
     rng = random.Random(request.seed)
     asked = int(request.args.get("turns", 4))
-    pair_tokens = request.count_tokens(json.dumps({_uuid(rng): _uuid(rng)})) - 1
-    pairs_per_episode = max(asked, request.context_tokens // max(1, pair_tokens))
+    sample = {_uuid(rng): _uuid(rng) for _ in range(16)}
+    pair_tokens = request.count_tokens(json.dumps(sample, indent=0)) / len(sample)
+    pairs_per_episode = max(asked, round(request.context_tokens / pair_tokens))
     episodes = []
     for index in range(request.episodes):
         pairs = [(_uuid(rng), _uuid(rng)) for _ in range(pairs_per_episode)]

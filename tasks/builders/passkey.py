@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from cachebench.episodes import BuildRequest, Episode, Turn
-from cachebench.tasks.builders.placement import depth_bucket, fill_count, interleave, spread_depths
+from cachebench.tasks.builders.placement import depth_bucket, fill_count, interleave, spread_depths, unit_tokens
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 LABELS = (
@@ -24,7 +24,7 @@ def build(request: BuildRequest) -> list[Episode]:
     needles_per_episode = int(request.args.get("needles", 4))
     if needles_per_episode > len(LABELS):
         raise ValueError(f"passkey supports at most {len(LABELS)} needles per episode")
-    filler_tokens = request.count_tokens(FILLER + " ")
+    filler_tokens = unit_tokens(FILLER, request.count_tokens)
     episodes = []
     for index in range(request.episodes):
         labels = rng.sample(LABELS, needles_per_episode)

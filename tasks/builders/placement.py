@@ -33,20 +33,25 @@ def interleave(
     return separator.join(pieces)
 
 
-def fill_count(target_tokens: int, fixed_tokens: int, unit_tokens: int) -> int:
+def unit_tokens(unit: str, count_tokens: Callable[[str], int], separator: str = " ") -> float:
+    """Tokens one filler unit adds inside a run of them (a unit alone tokenizes its edges differently)."""
+    sample = 16
+    return count_tokens(separator.join([unit] * sample)) / sample
+
+
+def fill_count(target_tokens: int, fixed_tokens: int, unit: float) -> int:
     """How many filler units bring the context to the target, after the needles' own tokens."""
-    return max(0, (target_tokens - fixed_tokens) // max(1, unit_tokens))
+    return max(0, round((target_tokens - fixed_tokens) / max(unit, 1e-9)))
 
 
 def generate_until(
     target_tokens: int, make_item: Callable[[], str], count_tokens: Callable[[str], int], separator: str = "\n"
 ) -> list[str]:
-    """Items from `make_item` until their summed token count reaches the target (never fewer than one)."""
+    """Items from `make_item`, joined by `separator`, until they reach the target token count (at least one)."""
     items: list[str] = []
     total = 0
-    separator_tokens = count_tokens(separator) if separator.strip() else 0
     while not items or total < target_tokens:
         item = make_item()
+        total += count_tokens(item if not items else separator + item)
         items.append(item)
-        total += count_tokens(item) + separator_tokens
     return items

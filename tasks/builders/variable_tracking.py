@@ -10,7 +10,7 @@ import random
 import string
 
 from cachebench.episodes import BuildRequest, Episode, Turn
-from cachebench.tasks.builders.placement import fill_count, interleave
+from cachebench.tasks.builders.placement import fill_count, interleave, unit_tokens
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -27,7 +27,7 @@ def build(request: BuildRequest) -> list[Episode]:
     rng = random.Random(request.seed)
     chains_per_episode = int(request.args.get("chains", 3))
     hops = int(request.args.get("hops", 3))
-    filler_tokens = request.count_tokens(FILLER + " ")
+    filler_tokens = unit_tokens(FILLER, request.count_tokens)
     episodes = []
     for index in range(request.episodes):
         taken: set[str] = set()

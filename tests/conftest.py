@@ -1,0 +1,64 @@
+"""Shared fixtures: the real embedded model loaded once per test session, and a small eviction method used only
+to prove that the runner serves methods that shrink the cache (it is not registered)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from cachebench.method import KVMethod, LayerCall
+from cachebench.models.loaded import LoadedModel
+from cachebench.models.loading import load_model
+from cachebench.params import param
+
+REPO = Path(__file__).resolve().parent.parent
+_SCRIPT = Path(sys.executable).parent / "cachebench"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cachebench.cli"]
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    """SmolLM2-135M-Instruct in bf16 on CPU, as `cachebench eval` loads it by default."""
+    torch.manual_seed(0)
+    return load_model("embedded", dtype="auto", device="cpu")
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    sinks: int = param(4, "first tokens always kept")
+    window: int = param(32, "most recent tokens kept", low=1)
+
+
+class RecentWindow(KVMethod):
+    """Test-only: keeps the first `sinks` and the last `window` entries of every layer after each forward."""
+
+    name = "test-window"
+    summary = "test-only eviction"
+    Params = WindowParams
+    uses_layer_hook = True
+
+    def __init__(self, params: WindowParams) -> None:
+        super().__init__(params)
+        self.calls: list[tuple[int, str, int]] = []  # (layer, phase, first true position of the new tokens)
+
+    def on_layer(self, call: LayerCall) -> None:
+        self.calls.append((call.layer_idx, call.phase, int(call.positions[0])))
+        layer = call.cache.layers[call.layer_idx]
+        keep = self.params.sinks + self.params.window
+        if layer.keys.shape[-2] > keep:
+            index = torch.cat([torch.arange(self.params.sinks), torch.arange(layer.keys.shape[-2] - self.params.window,
+                                                                             layer.keys.shape[-2])])
+            layer.keys = layer.keys[:, :, index]
+            layer.values = layer.values[:, :, index]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `cachebench` command line in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env)

@@ -1,0 +1,95 @@
+"""Chat-template splitting, result files, intervals and task definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cachebench.engine.chat import ChatFormat
+from cachebench.errors import UsageError
+from cachebench.results import SCHEMA, read_results, write_atomic
+from cachebench.stats import cluster_bootstrap_ci
+from cachebench.taskspec import all_tasks, groups, resolve_tasks
+
+
+def test_chat_pieces_reassemble_the_template(embedded):
+    tok = embedded.tokenizer
+    chat = ChatFormat(tok)
+    first = chat.context("CONTEXT") + chat.query("\n\nQ1")
+    assert first == tok.apply_chat_template([{"role": "user", "content": "CONTEXT\n\nQ1"}], tokenize=False,
+                                            add_generation_prompt=True)
+    conversation = first + "A1" + chat.followup("Q2")
+    assert conversation == tok.apply_chat_template(
+        [{"role": "user", "content": "CONTEXT\n\nQ1"}, {"role": "assistant", "content": "A1"},
+         {"role": "user", "content": "Q2"}], tokenize=False, add_generation_prompt=True)
+
+
+def test_plain_format_without_template(embedded):
+    class NoTemplate:
+        chat_template = None
+
+    chat = ChatFormat(NoTemplate())
+    assert chat.context("C") == "C" and chat.query("Q").startswith("Q") and chat.followup("Q2").startswith("\n\n")
+
+
+def rows(n, **extra):
+    return [{"run_id": "r", "episode_id": f"e{i // 2}", "turn": i % 2, "task": "t", "method": "m", "score": i % 2,
+             "references": ["x"], **extra} for i in range(n)]
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = write_atomic(rows(4), tmp_path / "run.parquet")
+    assert pq.read_table(path).num_rows == 4
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("cachebench.results.pq.write_table", broken)
+    with pytest.raises(OSError):
+        write_atomic(rows(6), path)
+    assert pq.read_table(path).num_rows == 4  # the earlier, complete file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["run.parquet"]  # no temporary left behind
+
+
+def test_reading_checks_the_schema_version(tmp_path):
+    import pyarrow as pa
+
+    write_atomic(rows(2), tmp_path / "a" / "one.parquet")
+    write_atomic(rows(3), tmp_path / "b.parquet")
+    assert read_results([tmp_path]).num_rows == 5
+    table = pa.table({"x": [1]})
+    pq.write_table(table, tmp_path / "foreign.parquet")
+    with pytest.raises(UsageError, match="not a cachebench result file"):
+        read_results([tmp_path / "foreign.parquet"])
+    old = pa.Table.from_pylist(rows(1), schema=SCHEMA).replace_schema_metadata({b"cachebench.schema_version": b"0"})
+    pq.write_table(old, tmp_path / "old.parquet")
+    with pytest.raises(UsageError, match="schema version 0"):
+        read_results([tmp_path / "old.parquet"])
+
+
+def test_cluster_bootstrap_interval():
+    scores = [1.0] * 30 + [0.0] * 10
+    clusters = [f"e{i // 4}" for i in range(40)]
+    mean, low, high = cluster_bootstrap_ci(scores, clusters, seed=1)
+    assert mean == 0.75 and low < mean < high and high <= 1.0
+    assert cluster_bootstrap_ci(scores, clusters, seed=1) == (mean, low, high)
+    # clustered resampling is wider than treating correlated turns as independent
+    independent = cluster_bootstrap_ci(scores, [str(i) for i in range(40)], seed=1)
+    assert (high - low) > (independent[2] - independent[1])
+    assert all(math.isnan(v) for v in cluster_bootstrap_ci([], []))
+    assert np.isclose(cluster_bootstrap_ci([0.5], ["e"])[1], 0.5)
+
+
+def test_task_definitions_and_groups():
+    specs = all_tasks()
+    for name in ("multiturn.passkey", "multiturn.kv", "multiturn.prefix_suffix", "multiturn.vt", "multiturn.qa"):
+        spec = specs[name]
+        assert spec.family == "multiturn" and "{context}" in spec.context_template and "{input}" in spec.query_template
+        assert spec.context_tokens > 0 and spec.episodes > 0 and spec.max_new_tokens > 0
+    assert [s.name for s in resolve_tasks("multiturn")] == ["multiturn.passkey"]
+    assert len(groups(specs)["multiturn-all"]) == 5 and len(groups(specs)["scbench"]) == 12
+    with pytest.raises(UsageError, match="did you mean 'multiturn"):
+        resolve_tasks("multiturns")

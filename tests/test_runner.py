@@ -1,0 +1,130 @@
+"""The KV runner on the real embedded model: both SCBench modes, golden history, hooks, eviction, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import RecentWindow, WindowParams
+
+from cachebench.engine.chat import ChatFormat
+from cachebench.engine.runner import EpisodeRunner, RunSettings, prepare_episodes
+from cachebench.evaluate import EvalRequest, build_episodes
+from cachebench.metrics import get_scorer
+from cachebench.registry import build_method
+from cachebench.taskspec import resolve_tasks
+
+
+def run_task(model, method, task="multiturn.passkey", mode=None, episodes=2, context_tokens=None, golden=False,
+             seed=0):
+    spec = resolve_tasks(task)[0]
+    request = EvalRequest(method=method.name, task=task, limit=episodes, context_tokens=context_tokens, seed=seed)
+    settings = RunSettings(mode=mode or spec.mode, golden_history=golden)
+    prepared = prepare_episodes(build_episodes(spec, request, model), spec, model, ChatFormat(model.tokenizer),
+                                settings)
+    runner = EpisodeRunner(model, method, spec, settings)
+    try:
+        measures = [m for p in prepared for m in runner.run(p)]
+    finally:
+        runner.close()
+    turns = [t for p in prepared for t in p.episode.turns]
+    scores = [get_scorer(spec.metric)(m.prediction, t.references, t.meta) for m, t in zip(measures, turns, strict=True)]
+    return prepared, measures, scores
+
+
+def kv_bytes_per_token(model) -> int:
+    config = model.config
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
+
+
+def test_multi_request_prefills_the_context_once_and_restores_it(embedded):
+    counter = RecentWindow(WindowParams(sinks=10**6, window=10**6))  # keeps everything, records every call
+    prepared, measures, _ = run_task(embedded, counter, mode="multi-request", episodes=2)
+    layers = embedded.config.num_hidden_layers
+    context_calls = [c for c in counter.calls if c[1] == "context"]
+    assert len(context_calls) == layers * len(prepared)  # one context forward per episode, every layer
+    for episode in prepared:
+        rows = [m for m in measures if m.episode_id == episode.episode.episode_id]
+        assert len({m.prefill_ms for m in rows}) == 1
+        for m in rows:
+            assert m.ttft_ms < m.prefill_ms / 3
+            # each turn starts from the post-context cache: context + this turn's prompt + fed answer tokens
+            fed = m.context_tokens + m.prompt_tokens + max(0, m.output_tokens - 1)
+            assert m.kv_bytes in (fed * kv_bytes_per_token(embedded), (fed + 1) * kv_bytes_per_token(embedded))
+    # every query of a multi-request episode starts at the same true position: right after the context
+    query_starts = {c[2] for c in counter.calls if c[1] == "query" and c[0] == 0}
+    assert query_starts == {len(p.context_ids) for p in prepared}
+
+
+def test_multi_turn_carries_the_cache_and_the_model_answers(embedded):
+    _, measures, scores = run_task(embedded, build_method("full", []), episodes=2)
+    assert all(m.prediction for m in measures)
+    per_episode = {}
+    for m in measures:
+        per_episode.setdefault(m.episode_id, []).append(m)
+    for rows in per_episode.values():
+        sizes = [m.kv_bytes for m in rows]
+        assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # the conversation grows turn by turn
+        assert all(m.prompt_tokens > 5 for m in rows)
+    assert sum(scores) / len(scores) >= 0.5
+
+
+def test_golden_history_appends_reference_answers(embedded):
+    prepared, own, _ = run_task(embedded, build_method("full", []), episodes=1)
+    _, golden, _ = run_task(embedded, build_method("full", []), episodes=1, golden=True)
+    reference_tokens = [
+        len(embedded.tokenizer(t.references[0], add_special_tokens=False)["input_ids"])
+        for t in prepared[0].episode.turns
+    ]
+    assert golden[0].prompt_tokens == own[0].prompt_tokens  # nothing to append before the first question
+    for turn in range(1, len(golden)):
+        # later prompts hold the previous reference answer in place of the model's own reply
+        assert golden[turn].prompt_tokens > reference_tokens[turn - 1]
+        assert golden[turn].prompt_tokens - reference_tokens[turn - 1] in range(
+            own[turn].prompt_tokens - 3, own[turn].prompt_tokens + 1)
+
+
+def test_hooks_see_every_layer_in_every_phase_with_true_positions(embedded):
+    window = RecentWindow(WindowParams(sinks=4, window=24))
+    prepared, measures, _ = run_task(embedded, window, episodes=1)
+    layers = embedded.config.num_hidden_layers
+    phases = {phase for _, phase, _ in window.calls}
+    assert phases == {"context", "query", "decode"}
+    assert {layer for layer, _, _ in window.calls} == set(range(layers))
+    # positions keep counting past the evicted entries: the last decode position exceeds what the cache holds
+    last_position = max(pos for _, _, pos in window.calls)
+    assert last_position > len(prepared[0].context_ids)
+    assert all(m.kv_bytes == 28 * kv_bytes_per_token(embedded) for m in measures)
+
+
+def test_a_crippled_cache_scores_lower_on_the_default_task(embedded):
+    _, _, full_scores = run_task(embedded, build_method("full", []), episodes=3)
+    _, _, crippled = run_task(embedded, RecentWindow(WindowParams(sinks=4, window=24)), episodes=3)
+    full_mean, crippled_mean = sum(full_scores) / len(full_scores), sum(crippled) / len(crippled)
+    assert full_mean >= 0.6
+    assert crippled_mean <= full_mean - 0.3
+
+
+def test_same_seed_same_predictions(embedded):
+    _, first, _ = run_task(embedded, build_method("full", []), episodes=1, seed=7)
+    _, second, _ = run_task(embedded, build_method("full", []), episodes=1, seed=7)
+    _, other, _ = run_task(embedded, build_method("full", []), episodes=1, seed=8)
+    assert [m.prediction for m in first] == [m.prediction for m in second]
+    assert [m.prediction for m in first] != [m.prediction for m in other]
+
+
+def test_decode_time_is_measured_per_token(embedded):
+    _, measures, _ = run_task(embedded, build_method("full", []), episodes=1)
+    for m in measures:
+        assert m.output_tokens >= 1
+        assert math.isnan(m.decode_ms_per_token) or 0 < m.decode_ms_per_token < m.ttft_ms * 10
+        assert m.peak_mem_bytes >= 0
+
+
+@pytest.mark.parametrize("mode", ["multi-turn", "multi-request"])
+def test_prefix_suffix_and_vt_builders_run_through_the_runner(embedded, mode):
+    for task in ("multiturn.vt", "multiturn.kv"):
+        _, measures, scores = run_task(embedded, build_method("full", []), task=task, mode=mode, episodes=1,
+                                       context_tokens=256)
+        assert len(measures) == len(scores) >= 3
+        assert all(0.0 <= s <= 1.0 for s in scores)
