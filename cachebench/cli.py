@@ -98,9 +98,9 @@ def eval_command(
     if outcome.path is None:
         raise UsageError("the run produced no rows")
     if not quiet:
-        from cachebench.show import render, summarize
+        from cachebench.show import console_for_tables, render, summarize
 
-        render(summarize([outcome.path]), Console())
+        render(summarize([outcome.path]), console_for_tables())
         console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
     else:
         print(outcome.path)
@@ -115,11 +115,9 @@ def show_command(
     paths: Annotated[list[Path], typer.Argument(help="Result files or directories (searched recursively).")],
 ) -> None:
     """Print a table per task: score with a 95% bootstrap interval, n, mean TTFT and mean KV size."""
-    from rich.console import Console
+    from cachebench.show import console_for_tables, render, summarize
 
-    from cachebench.show import render, summarize
-
-    render(summarize(paths), Console())
+    render(summarize(paths), console_for_tables())
 
 
 @list_app.command("methods")

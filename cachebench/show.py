@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -73,16 +75,24 @@ def render(cells: list[CellSummary], console: Console) -> None:
     by_task: dict[str, list[CellSummary]] = defaultdict(list)
     for cell in cells:
         by_task[cell.key["task"]].append(cell)
+    headers = ("method", "params", "model", "mode", "score", "95% CI", "n", "TTFT ms", "KV MiB", "errors")
     for task, task_cells in by_task.items():
-        table = Table(title=escape(task), title_justify="left")
-        for header, justify in (("method", "left"), ("params", "left"), ("model", "left"), ("mode", "left"),
-                                ("score [95% CI]", "right"), ("n", "right"), ("TTFT ms", "right"),
-                                ("KV MiB", "right"), ("errors", "right")):
-            table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        table = Table(title=escape(task), title_justify="left", box=box.SIMPLE_HEAD)
+        for index, header in enumerate(headers):
+            table.add_column(header, justify="left" if index < 4 else "right")
         for cell in task_cells:
-            score = "-" if np.isnan(cell.score) else f"{cell.score:.3f} [{cell.low:.3f}, {cell.high:.3f}]"
+            missing = np.isnan(cell.score)
             model = cell.key["model"] + (" (random weights)" if cell.weights == "random" else "")
-            values = (cell.key["method"], cell.key["method_params"], model, cell.key["mode"], score, str(cell.n),
-                      "-" if np.isnan(cell.ttft_ms) else f"{cell.ttft_ms:,.1f}", _kv(cell.kv_bytes), str(cell.errors))
+            values = (
+                cell.key["method"], cell.key["method_params"], model, cell.key["mode"],
+                "-" if missing else f"{cell.score:.3f}", "-" if missing else f"{cell.low:.3f}–{cell.high:.3f}",
+                str(cell.n), "-" if np.isnan(cell.ttft_ms) else f"{cell.ttft_ms:,.1f}", _kv(cell.kv_bytes),
+                str(cell.errors),
+            )  # fmt: skip
             table.add_row(*(escape(value) for value in values))
         console.print(table)
+
+
+def console_for_tables() -> Console:
+    """A terminal keeps its width; piped output gets room for every column instead of 80 characters."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
