@@ -178,8 +178,12 @@ def _failed_turns(prepared: PreparedEpisode, error: str) -> list[TurnMeasure]:
     """Rows for an episode that raised: identified and marked, with nothing measured."""
     nan = float("nan")
     return [
-        TurnMeasure(prepared.episode.episode_id, index, turn.category, "", len(prepared.context_ids), 0, 0, 0, 0,
-                    0, 0, nan, nan, nan, prepared.truncated_tokens, error)
+        TurnMeasure(
+            episode_id=prepared.episode.episode_id, turn=index, category=turn.category, prediction="",
+            context_tokens=len(prepared.context_ids), prompt_tokens=0, output_tokens=0, reused_tokens=0,
+            recomputed_tokens=0, kv_bytes=0, peak_mem_bytes=0, prefill_ms=nan, ttft_ms=nan, decode_ms_per_token=nan,
+            truncated_tokens=prepared.truncated_tokens, error=error,
+        )
         for index, turn in enumerate(prepared.episode.turns)
     ]
 

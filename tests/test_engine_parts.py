@@ -93,3 +93,22 @@ def test_task_definitions_and_groups():
     assert len(groups(specs)["multiturn-all"]) == 5 and len(groups(specs)["scbench"]) == 12
     with pytest.raises(UsageError, match="did you mean 'multiturn"):
         resolve_tasks("multiturns")
+
+
+def test_show_escapes_result_strings_and_reports_intervals(tmp_path):
+    from rich.console import Console
+
+    from cachebench.show import render, summarize
+
+    hostile = "[bold red]<script>alert(1)</script>[/bold red]"
+    data = rows(8, method_params=hostile, model="m", mode="multi-turn", model_weights="random", ttft_ms=5.0,
+                kv_bytes=2**20, error=None)
+    for index, row in enumerate(data):
+        row["score"] = float(index < 3)  # episodes score 1, 0.5, 0, 0: they differ, so the interval has width
+    write_atomic(data, tmp_path / "r.parquet")
+    cells = summarize([tmp_path])
+    assert len(cells) == 1 and cells[0].n == 8 and cells[0].score == 0.375 and cells[0].low < 0.375 < cells[0].high
+    console = Console(record=True, width=250)
+    render(cells, console)
+    text = console.export_text()
+    assert hostile in text and "m (random weights)" in text and "1.0" in text

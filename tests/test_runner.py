@@ -128,3 +128,32 @@ def test_prefix_suffix_and_vt_builders_run_through_the_runner(embedded, mode):
                                        context_tokens=256)
         assert len(measures) == len(scores) >= 3
         assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+class FailsOnSecondEpisode(RecentWindow):
+    """Test-only: raises inside the model's forward on the second episode's context, like an OOM would."""
+
+    def __init__(self, params: WindowParams) -> None:
+        super().__init__(params)
+        self.contexts = 0
+
+    def on_layer(self, call) -> None:
+        if call.phase == "context" and call.layer_idx == 0:
+            self.contexts += 1
+        if self.contexts == 2:
+            raise RuntimeError("simulated device failure\nsecond line")
+
+
+def test_a_failing_episode_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from cachebench import evaluate
+    from cachebench.results import read_results
+
+    monkeypatch.setattr(evaluate, "build_method", lambda name, params: FailsOnSecondEpisode(WindowParams(10**6, 10**6)))
+    outcome = evaluate.run_eval(evaluate.EvalRequest(method="full", task="multiturn.passkey", limit=3, out=tmp_path,
+                                                     max_new_tokens=4))
+    rows = read_results([outcome.path]).to_pylist()
+    assert len(rows) == 12 and outcome.errors == 4
+    failed = [r for r in rows if r["error"]]
+    assert {r["episode_id"] for r in failed} == {rows[4]["episode_id"]}
+    assert all(r["error"] == "RuntimeError: simulated device failure" and r["score"] is None for r in failed)
+    assert all(r["score"] is not None for r in rows if not r["error"])
