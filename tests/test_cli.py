@@ -112,6 +112,8 @@ BAD_INPUTS = [
     (["--method", "full", "--task", "multiturn", "--model", "random:llama-3.1-8b", "--dtype", "float32",
       "--device", "cpu"], "needs 29.9 GiB for its weights alone"),
     (["--method", "full", "--task", "multiturn", "--model", "random:lama-3.1-8b"], "did you mean 'llama-3.1-8b'"),
+    (["--method", "full", "--task", "multiturn", "--model", "someorg/not-cached"], "cannot be reached"),
+    (["--method", "full", "--task", "multiturn.scbench_kv"], "could not load microsoft/SCBench scbench_kv"),
     (["--method", "full", "--task", "multiturn", "--context-tokens", "9000"], "8192-token window"),
     (["--method", "full", "--task", "multiturn", "--mode", "sideways"], "--mode 'sideways'"),
     (["--method", "full", "--task", "multiturn", "--truncate", "left"], "--truncate 'left'"),
@@ -124,7 +126,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m[:30] for _, m in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = run_cli("eval", *args, "--out", str(tmp_path))
+    result = run_cli("eval", *args, "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -57,12 +57,28 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype, attn_impl: str) -> tuple[Any, Any]:
+def _from_pretrained(source: str | Path, dtype: torch.dtype, attn_impl: str, local_only: bool = False
+                     ) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_impl)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_impl,
+                                                 local_files_only=local_only)
     return model, tokenizer
+
+
+def _from_hub(model_id: str, dtype: torch.dtype, attn_impl: str) -> tuple[Any, Any]:
+    """A hub id: from the local HF cache when it is there, else downloaded if the hub answers."""
+    from cachebench.hub import hub_endpoint, hub_reachable
+
+    try:
+        return _from_pretrained(model_id, dtype, attn_impl, local_only=True)
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise UsageError(f"--model {model_id}: not in the local Hugging Face cache and {hub_endpoint()} cannot be "
+                         "reached (pass a local model folder instead)")
+    return _from_pretrained(model_id, dtype, attn_impl)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,7 +117,10 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: 
             if looks_local and not (path / "config.json").is_file():
                 raise UsageError(f"--model {spec}: not a readable model folder (no config.json)")
             name = spec
-            model, tokenizer = _from_pretrained(path if looks_local else spec, torch_dtype, attn_impl)
+            if looks_local:
+                model, tokenizer = _from_pretrained(path, torch_dtype, attn_impl)
+            else:
+                model, tokenizer = _from_hub(spec, torch_dtype, attn_impl)
     except UsageError:
         raise
     except (OSError, ValueError, ImportError) as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cachebench.episodes import BuildRequest, Episode, Turn
 from cachebench.errors import UsageError
+from cachebench.hub import hub_endpoint, hub_reachable
 
 HUB_DATASET = "microsoft/SCBench"
 CONFIGS = (
@@ -52,6 +53,8 @@ def _load(config: str, data_path: str | None, limit: int) -> list[dict[str, Any]
         if data_path:
             dataset = datasets.load_dataset("json", data_files=data_path, split="train")
         else:
+            if not hub_reachable():
+                raise OSError(f"{hub_endpoint()} cannot be reached")
             dataset = datasets.load_dataset(HUB_DATASET, config, split="test")
     except Exception as exc:  # the hub and the json loader fail in many ways; all mean "no data"
         raise UsageError(
