@@ -177,4 +177,4 @@ def test_yaml_task() -> None:
     spec = all_tasks()["multiturn.qa"]
     assert spec.builder == "passage_qa" and spec.metric == "qa_f1" and spec.mode == "multi-turn"
     assert spec.builder_args == {"sources": ["quoref", "drop"], "questions": 4}
-    assert "multiturn" in spec.groups and spec.context_tokens == 512 and spec.episodes == 10
+    assert "multiturn-all" in spec.groups and spec.context_tokens == 512 and spec.episodes == 10
