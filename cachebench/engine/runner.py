@@ -90,7 +90,8 @@ def prepare_episodes(
             )
         else:
             needed_after_context = max(turn_cost, default=0)
-        room = model.max_context - needed_after_context
+        window = model.max_context or 10**9  # a config without max_position_embeddings sets no limit
+        room = window - needed_after_context
         truncated = 0
         if len(context_ids) > room:
             if settings.truncate == "error" or room <= 0:
