@@ -31,15 +31,13 @@ from cachebench.engine.runner import (
 )
 from cachebench.episodes import BuildRequest, Episode
 from cachebench.errors import RunInterrupted, UsageError
-from cachebench.metrics import get_scorer
+from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.params import canonical_json
 from cachebench.registry import build_method
 from cachebench.results import write_atomic
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
-
-_SCORER_PACKAGES = {"rouge_lsum": "rouge_score", "repoqa": "nltk"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
     for spec in specs:
         for metric in {spec.metric, *spec.metric_by_category.values()}:
             get_scorer(metric)
-            package = _SCORER_PACKAGES.get(metric)
+            package = SCORER_REQUIRES.get(metric)
             if package and importlib.util.find_spec(package) is None:
                 raise UsageError(f"task {spec.name} is scored with {metric}, which needs {package}: "
                                  "pip install 'cachebench[data]'")

@@ -170,6 +170,9 @@ SCORERS: dict[str, Scorer] = {
     "repoqa": repoqa,
 }
 
+# Scorers whose library is optional (the `data` extra): checked before a run starts, not mid-run.
+SCORER_REQUIRES = {"rouge_lsum": "rouge_score", "repoqa": "nltk"}
+
 
 def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
