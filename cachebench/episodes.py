@@ -37,5 +37,3 @@ class BuildRequest:
     args: Mapping[str, Any]  # the task YAML's source.args
     data_path: str | None = None  # a local file in the real dataset's format, instead of the hub
 
-
-Builder = Callable[[BuildRequest], list[Episode]]

@@ -191,9 +191,10 @@ class _Checkpointer:
 
     def __init__(self, path: Path, rows: list[dict[str, Any]]) -> None:
         self.path, self.rows, self._last = path, rows, time.monotonic()
+        self.interval = float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30"))
 
     def maybe(self) -> None:
-        if time.monotonic() - self._last >= float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30")):
+        if time.monotonic() - self._last >= self.interval:
             self.flush()
 
     def flush(self) -> None:

@@ -27,7 +27,7 @@ def test_chat_pieces_reassemble_the_template(embedded):
          {"role": "user", "content": "Q2"}], tokenize=False, add_generation_prompt=True)
 
 
-def test_plain_format_without_template(embedded):
+def test_plain_format_without_template():
     class NoTemplate:
         chat_template = None
 
