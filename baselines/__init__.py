@@ -6,4 +6,12 @@ plus one line here; nothing is imported until the method is asked for.
 
 KV_METHODS: dict[str, str] = {
     "full": "kv.full:FullCache",
+    "streamingllm": "kv.streamingllm:StreamingLLM",
+    "h2o": "kv.h2o:H2O",
+    "snapkv": "kv.snapkv:SnapKV",
+    "pyramidkv": "kv.pyramidkv:PyramidKV",
+    "cake": "kv.cake:CAKE",
+    "windowkv": "kv.windowkv:WindowKV",
+    "tokenselect": "kv.tokenselect:TokenSelect",
+    "razorattention": "kv.razorattention:RazorAttention",
 }

@@ -66,6 +66,9 @@ def eval_command(
     max_new_tokens: Annotated[int | None, typer.Option(help="Override the task's generation length.")] = None,
     data: Annotated[str | None, typer.Option(help="Local file in the real dataset's format, instead of the "
                                                   "hub (hub-backed tasks).")] = None,
+    compression: Annotated[str, typer.Option(help="When a compressing method runs: query-agnostic (the context "
+                                                  "is compressed before any question) or query-aware (the first "
+                                                  "question is part of the compressed prefill).")] = "query-agnostic",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the file "
                                                               "path.")] = False,
 ) -> None:
@@ -86,6 +89,7 @@ def eval_command(
         method=method, task=task, params=tuple(param or ()), model=model, dtype=dtype, device=device,
         attn_impl=attn_impl, mode=mode, golden_history=golden_history, context_tokens=context_tokens, limit=limit,
         seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
+        compression=compression,
     )
     console = Console(stderr=True)
     if quiet:

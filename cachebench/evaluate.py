@@ -21,6 +21,7 @@ from cachebench import __version__, provenance
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.measure import Clock
 from cachebench.engine.runner import (
+    COMPRESSION_SETTINGS,
     TRUNCATE_POLICIES,
     EpisodeRunner,
     PreparedEpisode,
@@ -58,6 +59,7 @@ class EvalRequest:
     truncate: str = "error"
     max_new_tokens: int | None = None
     data: str | None = None  # a local file in the real dataset's format, for hub-backed tasks
+    compression: str = "query-agnostic"  # when a compressing method may see the question (see RunSettings)
 
 
 @dataclass
@@ -90,6 +92,8 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
     check_mode(request.mode)
     if request.truncate not in TRUNCATE_POLICIES:
         raise UsageError(f"--truncate {request.truncate!r}: expected one of {', '.join(TRUNCATE_POLICIES)}")
+    if request.compression not in COMPRESSION_SETTINGS:
+        raise UsageError(f"--compression {request.compression!r}: expected one of {', '.join(COMPRESSION_SETTINGS)}")
     for name, value in (("--limit", request.limit), ("--context-tokens", request.context_tokens)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
@@ -139,6 +143,7 @@ def _settings(spec: TaskSpec, request: EvalRequest) -> RunSettings:
         golden_history=request.golden_history,
         truncate=request.truncate,
         max_new_tokens=request.max_new_tokens,
+        compression=request.compression,
     )
 
 
@@ -149,6 +154,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measur
         "task": spec.name,
         "subtask": spec.subtask,
         "mode": settings.mode,
+        "compression": settings.compression,
         "truncation": "none" if settings.truncate == "error" else settings.truncate,
         "episode_id": measure.episode_id,
         "turn": measure.turn,

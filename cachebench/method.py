@@ -3,8 +3,10 @@
 A method sees the model at three depths:
   - per run (`attach`): state that must outlive episodes, such as a store of reusable KV blocks;
   - per forward (`prefill`): it may replace how a context or query is fed, e.g. load reused KV and compute less;
-  - per attention layer (`on_layer`): right after a layer wrote its new keys/values, in every phase (context
-    prefill, query prefill, each decode step), it may compress, evict, or record statistics.
+  - per attention layer, before (`before_layer`): it may replace the attention mask the layer is about to use,
+    e.g. to select which cached tokens a decode step attends to;
+  - per attention layer, after (`on_layer`): right after a layer wrote its new keys/values, in every phase
+    (context prefill, query prefill, each decode step), it may compress, evict, or record statistics.
 Per-cache state lives in `call.state` / `session.state`; the runner snapshots it together with the cache, so
 multi-request turns each start from the same post-context state.
 """
@@ -39,6 +41,8 @@ class LayerCall:
     positions: torch.Tensor  # true positions of the new tokens (1-D); differ from cache indices once evicted
     cache: Any  # transformers Cache: cache.layers[layer_idx].keys / .values, (batch, kv_heads, length, head_dim)
     state: dict[str, Any]  # per-cache method state, snapshotted and restored with the cache
+    query_aware: bool = False  # compression setting: may the first question be part of the compressed prefill?
+    attention_mask: torch.Tensor | None = None  # before_layer only: the mask the layer will use; methods may replace it
 
 
 class KVMethod:
@@ -64,6 +68,9 @@ class KVMethod:
     def prefill(self, session: KVSession, token_ids: Sequence[int], phase: Phase) -> torch.Tensor:
         """Feed prompt tokens (the shared context, or a turn's query) and return the last position's logits."""
         return session.forward(token_ids, phase)
+
+    def before_layer(self, call: LayerCall) -> None:
+        """Runs before a layer's attention; may set `call.attention_mask`. Only called when `uses_layer_hook`."""
 
     def on_layer(self, call: LayerCall) -> None:
         """Act on one layer's cache after it was written. Only called when `uses_layer_hook` is true."""

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+UPGRADABLE = {"1": ("compression",)}  # older versions read by adding these columns as nulls
 METADATA_KEY = b"cachebench.schema_version"
 
 SCHEMA = pa.schema(
@@ -31,6 +32,7 @@ SCHEMA = pa.schema(
         ("task", pa.string()),
         ("subtask", pa.string()),
         ("mode", pa.string()),
+        ("compression", pa.string()),
         ("method", pa.string()),
         ("method_params", pa.string()),
         ("model", pa.string()),
@@ -110,6 +112,13 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def _upgrade(table: pa.Table, added: tuple[str, ...]) -> pa.Table:
+    """A table of an older schema version in the current column order, the columns it lacked set to null."""
+    for name in added:
+        table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names)
+
+
 def read_results(paths: Iterable[str | Path]) -> pa.Table:
     """All rows of the given files and directories (searched recursively), as one table of SCHEMA."""
     tables = []
@@ -121,7 +130,10 @@ def read_results(paths: Iterable[str | Path]) -> pa.Table:
         version = (table.schema.metadata or {}).get(METADATA_KEY)
         if version is None:
             raise UsageError(f"{file}: not a cachebench result file (no schema version)")
-        if version.decode() != SCHEMA_VERSION:
-            raise UsageError(f"{file}: schema version {version.decode()}, this cachebench reads {SCHEMA_VERSION}")
+        version_text = version.decode()
+        if version_text in UPGRADABLE:
+            table = _upgrade(table, UPGRADABLE[version_text])
+        elif version_text != SCHEMA_VERSION:
+            raise UsageError(f"{file}: schema version {version_text}, this cachebench reads {SCHEMA_VERSION}")
         tables.append(table.cast(SCHEMA))
     return pa.concat_tables(tables)

@@ -12,10 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from cachebench.engine.chat import ChatFormat
+from cachebench.engine.runner import EpisodeRunner, RunSettings, prepare_episodes
+from cachebench.evaluate import EvalRequest, build_episodes
 from cachebench.method import KVMethod, LayerCall
+from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.params import param
+from cachebench.taskspec import resolve_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).parent / "cachebench"
@@ -62,3 +67,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     """Run the real `cachebench` command line in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env)
+
+
+def run_task(model, method, task="multiturn.passkey", mode=None, episodes=2, context_tokens=None, golden=False,
+             seed=0, compression="query-agnostic"):
+    """Run `method` on a few episodes of a task in-process on `model`; returns prepared episodes, measures, scores."""
+    spec = resolve_tasks(task)[0]
+    request = EvalRequest(method=method.name, task=task, limit=episodes, context_tokens=context_tokens, seed=seed)
+    settings = RunSettings(mode=mode or spec.mode, golden_history=golden, compression=compression)
+    prepared = prepare_episodes(build_episodes(spec, request, model), spec, model, ChatFormat(model.tokenizer),
+                                settings)
+    runner = EpisodeRunner(model, method, spec, settings)
+    try:
+        measures = [m for p in prepared for m in runner.run(p)]
+    finally:
+        runner.close()
+    turns = [t for p in prepared for t in p.episode.turns]
+    scores = [get_scorer(spec.metric)(m.prediction, t.references, t.meta) for m, t in zip(measures, turns, strict=True)]
+    return prepared, measures, scores

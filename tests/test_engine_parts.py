@@ -112,3 +112,16 @@ def test_show_escapes_result_strings_and_reports_intervals(tmp_path):
     render(cells, console)
     text = console.export_text()
     assert hostile in text and "m (random weights)" in text and "1.0" in text
+
+
+def test_version_1_files_are_read_with_compression_null(tmp_path):
+    import pyarrow as pa
+
+    v1_schema = pa.schema([f for f in SCHEMA if f.name != "compression"],
+                          metadata={b"cachebench.schema_version": b"1"})
+    pq.write_table(pa.Table.from_pylist(rows(2), schema=v1_schema), tmp_path / "v1.parquet")
+    write_atomic(rows(1), tmp_path / "v2.parquet")
+    table = read_results([tmp_path])
+    assert table.num_rows == 3
+    assert table.schema.names == SCHEMA.names
+    assert table.column("compression").null_count == 3  # rows() sets no compression either

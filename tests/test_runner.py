@@ -5,31 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import RecentWindow, WindowParams
+from conftest import RecentWindow, WindowParams, run_task
 
-from cachebench.engine.chat import ChatFormat
-from cachebench.engine.runner import EpisodeRunner, RunSettings, prepare_episodes
-from cachebench.evaluate import EvalRequest, build_episodes
-from cachebench.metrics import get_scorer
 from cachebench.registry import build_method
-from cachebench.taskspec import resolve_tasks
-
-
-def run_task(model, method, task="multiturn.passkey", mode=None, episodes=2, context_tokens=None, golden=False,
-             seed=0):
-    spec = resolve_tasks(task)[0]
-    request = EvalRequest(method=method.name, task=task, limit=episodes, context_tokens=context_tokens, seed=seed)
-    settings = RunSettings(mode=mode or spec.mode, golden_history=golden)
-    prepared = prepare_episodes(build_episodes(spec, request, model), spec, model, ChatFormat(model.tokenizer),
-                                settings)
-    runner = EpisodeRunner(model, method, spec, settings)
-    try:
-        measures = [m for p in prepared for m in runner.run(p)]
-    finally:
-        runner.close()
-    turns = [t for p in prepared for t in p.episode.turns]
-    scores = [get_scorer(spec.metric)(m.prediction, t.references, t.meta) for m, t in zip(measures, turns, strict=True)]
-    return prepared, measures, scores
 
 
 def kv_bytes_per_token(model) -> int:

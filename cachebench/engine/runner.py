@@ -25,6 +25,7 @@ from cachebench.models.loaded import LoadedModel
 from cachebench.taskspec import TaskSpec
 
 TRUNCATE_POLICIES = ("error", "middle")
+COMPRESSION_SETTINGS = ("query-agnostic", "query-aware")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class RunSettings:
     golden_history: bool = False
     truncate: str = "error"
     max_new_tokens: int | None = None  # overrides the task's
+    compression: str = "query-agnostic"  # or "query-aware": the first question joins the compressed prefill
 
 
 @dataclass
@@ -151,7 +153,7 @@ class EpisodeRunner:
     def _run(self, prepared: PreparedEpisode, on_turn: Callable[[], None] | None) -> list[TurnMeasure]:
         multi_turn = self.settings.mode == "multi-turn"
         episode = prepared.episode
-        session = KVSession(self.model, self.method, self._hooks)
+        session = KVSession(self.model, self.method, self._hooks, self.settings.compression == "query-aware")
         self.memory.start()
         start = self.clock.now_ms()
         session.prefill(prepared.context_ids, "context")

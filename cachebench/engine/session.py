@@ -34,35 +34,81 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [layer.self_attn for layer in decoder.layers]
 
 
+def layer_length(cache: Any, layer_idx: int) -> int:
+    """Entries a cache layer holds now (0 before its first write)."""
+    layer = cache.layers[layer_idx] if hasattr(cache, "layers") and layer_idx < len(cache.layers) else None
+    keys = getattr(layer, "keys", None)
+    return int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.dim() == 4 else 0
+
+
+def causal_mask_for(past: int, new: int, like: torch.Tensor) -> torch.Tensor:
+    """A (1, 1, new, past + new) causal mask for a layer holding `past` entries, in `like`'s convention
+    (boolean keep-mask, or additive float mask)."""
+    rows = torch.arange(new, device=like.device).unsqueeze(1)
+    cols = torch.arange(past + new, device=like.device).unsqueeze(0)
+    visible = (cols <= rows + past).view(1, 1, new, past + new)
+    if like.dtype == torch.bool:
+        return visible
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(visible, zero, torch.finfo(like.dtype).min)
+
+
 class LayerHooks:
-    """Forward hooks on every attention module that report each layer's call to the active session's method."""
+    """Hooks on every attention module that report each layer's call to the active session's method.
+
+    The pre-hook also repairs the attention mask when layers hold different numbers of entries: transformers
+    sizes one mask from layer 0's length, which is wrong for a layer a method compressed to another budget.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self._session: KVSession | None = None
         self._phase: Phase = "context"
         self._positions: torch.Tensor | None = None
-        self._handles = [
-            module.register_forward_hook(self._make_hook(idx), with_kwargs=True)
-            for idx, module in enumerate(attention_modules(model))
-        ]
+        self._handles = []
+        for idx, module in enumerate(attention_modules(model)):
+            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(idx), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._make_hook(idx), with_kwargs=True))
+
+    def _call(self, session: KVSession, layer_idx: int, module: torch.nn.Module, args: tuple, kwargs: dict
+              ) -> LayerCall:
+        return LayerCall(
+            layer_idx=layer_idx,
+            phase=self._phase,
+            module=module,
+            hidden_states=kwargs.get("hidden_states", args[0] if args else None),
+            position_embeddings=kwargs.get("position_embeddings"),
+            positions=self._positions,
+            cache=session.cache,
+            state=session.state,
+            query_aware=session.query_aware,
+            attention_mask=kwargs.get("attention_mask"),
+        )
+
+    def _make_pre_hook(self, layer_idx: int):
+        def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            session = self._session
+            if session is None:
+                return None
+            call = self._call(session, layer_idx, module, args, kwargs)
+            mask = call.attention_mask
+            if mask is not None:
+                new = call.hidden_states.shape[1]
+                past = layer_length(session.cache, layer_idx)
+                if mask.shape[-1] != past + new:
+                    call.attention_mask = causal_mask_for(past, new, mask)
+            session.method.before_layer(call)
+            if call.attention_mask is mask:
+                return None
+            return args, {**kwargs, "attention_mask": call.attention_mask}
+
+        return pre_hook
 
     def _make_hook(self, layer_idx: int):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             session = self._session
             if session is None:
                 return
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            call = LayerCall(
-                layer_idx=layer_idx,
-                phase=self._phase,
-                module=module,
-                hidden_states=hidden,
-                position_embeddings=kwargs.get("position_embeddings"),
-                positions=self._positions,
-                cache=session.cache,
-                state=session.state,
-            )
-            session.method.on_layer(call)
+            session.method.on_layer(self._call(session, layer_idx, module, args, kwargs))
 
         return hook
 
@@ -87,9 +133,12 @@ class Snapshot:
 class KVSession:
     """One growing KV cache for one episode (a context and its turns)."""
 
-    def __init__(self, model: LoadedModel, method: KVMethod, hooks: LayerHooks | None) -> None:
+    def __init__(
+        self, model: LoadedModel, method: KVMethod, hooks: LayerHooks | None, query_aware: bool = False
+    ) -> None:
         self.model = model
         self.method = method
+        self.query_aware = query_aware  # the run's compression setting, handed to the method with each layer call
         self.cache = method.new_cache(model)
         self.state: dict[str, Any] = {}
         self.position = 0

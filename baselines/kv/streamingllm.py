@@ -1,0 +1,37 @@
+"""`streamingllm`: attention sinks plus a recent window (Xiao et al., 2023, "Efficient Streaming Language Models
+with Attention Sinks", arXiv:2309.17453). The first `sinks` tokens soak up attention mass whatever their content,
+so keeping them with the most recent tokens keeps the model stable; everything in between is dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cachebench.kvcompress.budget import BudgetParams
+from cachebench.kvcompress.evictor import EvictionMethod
+from cachebench.method import LayerCall
+from cachebench.params import param
+
+
+@dataclass(frozen=True)
+class StreamingParams(BudgetParams):
+    sinks: int = param(4, "first tokens always kept (attention sinks)", low=0)
+
+
+def streaming_keep(length: int, keep: int, sinks: int, batch: int, heads: int, device: torch.device | str = "cpu"
+                   ) -> torch.Tensor:
+    """Indices (batch, heads, keep): the first min(sinks, keep) entries and the most recent rest."""
+    sinks = min(sinks, keep)
+    index = torch.cat([torch.arange(sinks), torch.arange(length - (keep - sinks), length)]).to(device)
+    return index.expand(batch, heads, keep)
+
+
+class StreamingLLM(EvictionMethod):
+    name = "streamingllm"
+    summary = "Attention sinks (first tokens) plus a recent window; no scoring (Xiao et al., 2023)."
+    Params = StreamingParams
+    uses_queries = False
+
+    def select(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None, keep: int) -> torch.Tensor:
+        return streaming_keep(keys.shape[2], keep, self.params.sinks, keys.shape[0], keys.shape[1], keys.device)
