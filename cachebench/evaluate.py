@@ -32,6 +32,7 @@ from cachebench.engine.runner import (
 )
 from cachebench.episodes import BuildRequest, Episode
 from cachebench.errors import RunInterrupted, UsageError
+from cachebench.method import KVMethod
 from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
@@ -209,12 +210,16 @@ class _Checkpointer:
         self._last = time.monotonic()
 
 
-def run_eval(request: EvalRequest, progress: ProgressSink | None = None) -> EvalOutcome:
-    """Run one method on one task or group; returns the rows and where they were written."""
+def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: LoadedModel | None = None,
+             method: KVMethod | None = None) -> EvalOutcome:
+    """Run one method on one task or group; returns the rows and where they were written.
+
+    A benchmark sweeping many settings may pass the model it already loaded (it must be what request.model,
+    dtype, device and attn_impl name) and a method instance, to read the method's own counters afterwards."""
     progress = progress or _Silent()
     specs = _check_request(request)
-    method = build_method(request.method, list(request.params))
-    model = load_model(request.model, request.dtype, request.device, request.attn_impl)
+    method = method or build_method(request.method, list(request.params))
+    model = model or load_model(request.model, request.dtype, request.device, request.attn_impl)
     torch.manual_seed(request.seed)
     chat = ChatFormat(model.tokenizer)
     plan = []

@@ -49,7 +49,8 @@ def keep_top_and_window(prefix_scores: torch.Tensor, length: int, keep: int) -> 
     """Top (keep - w) prefix entries per head plus the w window entries; when keep < w, the newest keep entries."""
     w = length - prefix_scores.shape[-1]
     ranks = torch.arange(w, device=prefix_scores.device, dtype=prefix_scores.dtype)
-    window_scores = (torch.finfo(prefix_scores.dtype).max / 2 + ranks).expand(*prefix_scores.shape[:2], w)
+    above = (prefix_scores.max() if prefix_scores.numel() else prefix_scores.new_zeros(())) + 1
+    window_scores = (above + ranks).expand(*prefix_scores.shape[:2], w)
     return top_k_sorted(torch.cat([prefix_scores, window_scores], dim=-1), keep)
 
 

@@ -1,0 +1,102 @@
+"""Every registered KV-compression method end to end on the real embedded model: both compression settings,
+both SCBench modes, honest kv_bytes, a multi-turn cache brought back to its budget each turn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli, run_task
+
+from cachebench.engine.session import KVSession, LayerHooks
+from cachebench.models.loading import load_model
+from cachebench.registry import build_method
+
+EVICTING = ["streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv", "razorattention"]
+ALL_COMPRESSING = [*EVICTING, "tokenselect"]
+
+
+def bytes_per_token(model) -> int:
+    config = model.config
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
+
+
+@pytest.fixture(scope="module")
+def full_multi_request(embedded):
+    return run_task(embedded, build_method("full", []), mode="multi-request", episodes=1)[1]
+
+
+def test_list_methods_shows_the_eight_with_their_parameters():
+    result = run_cli("list", "methods")
+    assert result.returncode == 0, result.stderr
+    for name in ALL_COMPRESSING:
+        assert name in result.stdout
+    for parameter in ("ratio", "budget", "window", "sinks", "beta", "recent"):
+        assert parameter in result.stdout
+
+
+@pytest.mark.parametrize("name", ALL_COMPRESSING)
+@pytest.mark.parametrize("compression", ["query-agnostic", "query-aware"])
+def test_method_runs_in_both_settings_and_holds_what_it_claims(embedded, full_multi_request, name, compression):
+    method = build_method(name, ["ratio=0.5"])
+    _, measures, _ = run_task(embedded, method, mode="multi-request", episodes=1, compression=compression)
+    assert all(m.error is None and m.prediction for m in measures)
+    for ours, full in zip(measures, full_multi_request, strict=True):
+        if name == "tokenselect":  # selects per step, frees nothing
+            assert ours.kv_bytes == pytest.approx(full.kv_bytes, rel=0.02)
+        elif name == "razorattention":  # retrieval heads keep everything
+            assert ours.kv_bytes < 0.8 * full.kv_bytes
+        else:  # ratio 0.5: about half of full's cache, plus the uncompressed turn in query-agnostic mode
+            assert 0.35 * full.kv_bytes < ours.kv_bytes < 0.65 * full.kv_bytes
+
+
+@pytest.mark.parametrize("name", ["streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv"])
+def test_multi_turn_cache_is_compressed_again_each_turn(embedded, name):
+    budget = 96
+    _, measures, _ = run_task(embedded, build_method(name, [f"budget={budget}"]), mode="multi-turn", episodes=1)
+    per_token = bytes_per_token(embedded)
+    for m in measures:  # the budget plus this turn's prompt and answer; never the history of earlier turns
+        assert m.kv_bytes <= (budget + m.prompt_tokens + m.output_tokens + 1) * per_token, m.turn
+    full = run_task(embedded, build_method("full", []), mode="multi-turn", episodes=1)[1]
+    assert measures[-1].kv_bytes < 0.5 * full[-1].kv_bytes
+
+
+def test_rows_record_the_budget_kind_and_the_compression_setting(tmp_path):
+    result = run_cli("eval", "--method", "snapkv", "--task", "multiturn", "--limit", "1", "--param", "budget=64",
+                     "--compression", "query-aware", "--out", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(result.stdout.strip()).to_pylist()
+    assert {row["compression"] for row in table} == {"query-aware"}
+    assert json.loads(table[0]["method_params"])["budget"] == 64
+    assert json.loads(table[0]["method_params"])["ratio"] is None
+    both = run_cli("eval", "--method", "snapkv", "--task", "multiturn", "--param", "budget=64", "--param",
+                   "ratio=0.5", "--out", str(tmp_path))
+    assert both.returncode == 2 and "ratio or budget, not both" in both.stderr
+    assert "Traceback" not in both.stderr
+
+
+def test_per_layer_budgets_keep_multi_token_prompts_causal():
+    """After PyramidKV leaves layers of different lengths, a multi-token prompt must see exactly what the same
+    tokens fed one at a time see: the session repairs the mask transformers sized from layer 0."""
+    model = load_model("embedded", dtype="float32", device="cpu")
+    method = build_method("pyramidkv", ["budget=48", "window=8"])
+    hooks = LayerHooks(model.model)
+    try:
+        context = model.tokenizer("The quick brown fox jumps over the lazy dog. " * 12)["input_ids"]
+        prompt = model.tokenizer(" Which animal jumps? The answer is")["input_ids"]
+        with torch.inference_mode():
+            session = KVSession(model, method, hooks)
+            session.forward(context, "context")
+            lengths = {layer.keys.shape[-2] for layer in session.cache.layers}
+            assert len(lengths) > 5  # pyramid: many different layer lengths
+            snap = session.snapshot()
+            together = session.forward(prompt, "decode")  # decode phase: nothing is evicted by pyramidkv
+            session.restore(snap)
+            for token in prompt:
+                one_by_one = session.forward([token], "decode")
+    finally:
+        hooks.remove()
+    assert torch.allclose(together, one_by_one, atol=1e-3)

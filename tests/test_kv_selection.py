@@ -1,0 +1,121 @@
+"""Selection rules of StreamingLLM, SnapKV, PyramidKV and H2O against plain transcriptions of their papers,
+written here with loops over heads and tokens, on small random tensors with GQA (6 query heads over 2 KV heads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cachebench.baselines.kv.h2o import h2o_keep
+from cachebench.baselines.kv.pyramidkv import pyramid_budgets
+from cachebench.baselines.kv.snapkv import snapkv_keep
+from cachebench.baselines.kv.streamingllm import streaming_keep
+from cachebench.kvcompress.attention import accumulated_attention
+
+Q_HEADS, KV_HEADS, DIM = 6, 2, 8
+
+
+def random_qk(length: int, window: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(1, KV_HEADS, length, DIM, generator=gen)
+    queries = torch.randn(1, Q_HEADS, window, DIM, generator=gen) * 2
+    return keys, queries
+
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def window_probs(keys, queries, kv_head, q_head, i):
+    """Attention of window query i (at cache index L - w + i) over the keys it may see."""
+    length, w = keys.shape[2], queries.shape[2]
+    visible = length - w + i + 1
+    logits = [float(queries[0, q_head, i] @ keys[0, kv_head, j]) / math.sqrt(DIM) for j in range(visible)]
+    return softmax(logits) + [0.0] * (length - visible)
+
+
+def paper_snapkv(keys, queries, keep, kernel):
+    """SnapKV (Li et al., 2024), Algorithm 1: sum the window's attention over the prefix, average the query heads
+    that share a KV head, pool with a kernel (average over the positions inside the sequence), top-k plus window."""
+    length, w = keys.shape[2], queries.shape[2]
+    group = Q_HEADS // KV_HEADS
+    kept = []
+    for h in range(KV_HEADS):
+        votes = [0.0] * (length - w)
+        for qh in range(h * group, (h + 1) * group):
+            for i in range(w):
+                probs = window_probs(keys, queries, h, qh, i)
+                for j in range(length - w):
+                    votes[j] += probs[j] / group
+        pooled = []
+        for j in range(length - w):
+            around = [votes[t] for t in range(j - kernel // 2, j + kernel // 2 + 1) if 0 <= t < length - w]
+            pooled.append(sum(around) / len(around))
+        best = sorted(range(length - w), key=lambda j: -pooled[j])[: keep - w]
+        kept.append(sorted(best) + list(range(length - w, length)))
+    return kept
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_snapkv_matches_the_paper(seed):
+    keys, queries = random_qk(length=40, window=5, seed=seed)
+    ours = snapkv_keep(keys, queries, keep=17, kernel=3)
+    assert ours.tolist()[0] == paper_snapkv(keys, queries, keep=17, kernel=3)
+
+
+def test_snapkv_keeps_only_the_newest_window_entries_when_the_budget_is_smaller():
+    keys, queries = random_qk(length=30, window=8, seed=3)
+    assert snapkv_keep(keys, queries, keep=5, kernel=3)[0, 0].tolist() == [25, 26, 27, 28, 29]
+
+
+def test_streamingllm_keeps_sinks_and_the_recent_window():
+    expected = [0, 1, 2, 3] + list(range(100 - 12, 100))
+    assert streaming_keep(100, 16, 4, batch=1, heads=2).tolist() == [[expected, expected]]
+    assert streaming_keep(10, 3, 4, batch=1, heads=1).tolist() == [[[0, 1, 2]]]  # sinks capped by the budget
+
+
+def paper_pyramid(average, window, layers, beta):
+    """PyramidKV (Cai et al., 2024) sec. 3: the top layer gets 1/beta of the average, the bottom layer the mirror
+    amount, and the layers in between are interpolated arithmetically; the window is kept on top."""
+    selected = average - window
+    top = selected / beta
+    bottom = 2 * selected - top
+    return [window + round(bottom - (bottom - top) * layer / (layers - 1)) for layer in range(layers)]
+
+
+def test_pyramid_budgets_shrink_with_depth_and_keep_the_average():
+    budgets = pyramid_budgets(256, 32, 30, 20.0)
+    assert budgets == paper_pyramid(256, 32, 30, 20.0)
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] > 256 > budgets[-1]
+    assert abs(sum(budgets) / 30 - 256) < 1
+    assert pyramid_budgets(20, 32, 30, 20.0) == [20] * 30  # the window alone exceeds the budget: uniform
+
+
+def paper_h2o(keys, queries, keep, recent):
+    """H2O (Zhang et al., 2023) Alg. 1: each entry's score is the attention it received from every query (causal),
+    summed over the query heads of its KV head; keep the `recent` newest entries and the top scores of the rest."""
+    length, n = keys.shape[2], queries.shape[2]
+    group = Q_HEADS // KV_HEADS
+    kept = []
+    for h in range(KV_HEADS):
+        score = [0.0] * length
+        for qh in range(h * group, (h + 1) * group):
+            for i in range(n):
+                for j, p in enumerate(window_probs(keys, queries, h, qh, i)):
+                    score[j] += p
+        older = range(length - recent)
+        heavy = sorted(older, key=lambda j: -score[j])[: keep - recent]
+        kept.append(sorted(heavy) + list(range(length - recent, length)))
+    return kept
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_h2o_matches_the_paper(seed):
+    keys, queries = random_qk(length=36, window=36, seed=seed)  # a prefill: every token is a query
+    summed = accumulated_attention(queries, keys, max_elements=Q_HEADS * 36 * 5)  # forces several chunks
+    scores = summed.reshape(1, KV_HEADS, Q_HEADS // KV_HEADS, -1).sum(dim=2)
+    assert h2o_keep(scores, keep=14, recent=6).tolist()[0] == paper_h2o(keys, queries, keep=14, recent=6)
