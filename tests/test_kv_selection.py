@@ -73,7 +73,7 @@ def test_snapkv_keeps_only_the_newest_window_entries_when_the_budget_is_smaller(
 
 
 def test_streamingllm_keeps_sinks_and_the_recent_window():
-    expected = [0, 1, 2, 3] + list(range(100 - 12, 100))
+    expected = [0, 1, 2, 3, *range(100 - 12, 100)]
     assert streaming_keep(100, 16, 4, batch=1, heads=2).tolist() == [[expected, expected]]
     assert streaming_keep(10, 3, 4, batch=1, heads=1).tolist() == [[[0, 1, 2]]]  # sinks capped by the budget
 
