@@ -69,8 +69,11 @@ def test_canonical_json_is_stable_and_describes_fields():
 
 
 def test_registry_resolves_only_implemented_methods():
-    assert method_names() == ["full"]
-    assert method_class("full").name == "full"
+    assert method_names() == sorted(["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv",
+                                     "tokenselect", "razorattention"])
+    for name in method_names():  # every entry imports, names itself, and builds with default parameters
+        assert method_class(name).name == name
+        build_method(name, [])
     assert canonical_json(build_method("full", []).params) == "{}"
     with pytest.raises(UsageError, match="did you mean 'full'"):
         build_method("ful", [])
