@@ -5,7 +5,7 @@ compression settings, with one model load. All rows go to one Parquet file (re-w
 interrupted sweep keeps what finished); the printed Markdown table gives, per method and ratio, the score and
 each cost as a ratio to `full` under the same mode and setting.
 
-    .venv/bin/python benchmarks/kv_eviction.py                      # the committed sweep (about 45 min, 2 CPU cores)
+    .venv/bin/python benchmarks/kv_eviction.py                      # the committed sweep (about 55 min on 2 CPU cores)
     .venv/bin/python benchmarks/kv_eviction.py --limit 2 --ratios 0.5 --methods snapkv   # a quick look
 """
 
@@ -30,7 +30,7 @@ SETTINGS = ["query-agnostic", "query-aware"]
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="multiturn")
-    parser.add_argument("--limit", type=int, default=5, help="episodes per run (each has 4 turns)")
+    parser.add_argument("--limit", type=int, default=10, help="episodes per run (each has 4 turns)")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
     parser.add_argument("--modes", nargs="+", default=MODES)
@@ -38,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/kv_eviction.parquet"))
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--from-parquet", type=Path, help="print the tables of an earlier sweep's file; run nothing")
     return parser.parse_args(argv)
 
 
@@ -87,18 +88,41 @@ def table(summary: dict[tuple, dict[str, float]], extras: dict[tuple, str]) -> s
     return "\n".join(lines)
 
 
+def score_grid(summary: dict[tuple, dict[str, float]]) -> str:
+    """Scores only: one row per mode, setting and method, one column per ratio, `full` alongside."""
+    ratios = sorted({key[3] for key in summary if key[2] != "full"})
+    lines = ["| mode | compression | method | full | " + " | ".join(f"ratio {r}" for r in ratios) + " |",
+             "|---|---|---|---|" + "---|" * len(ratios)]
+    groups = sorted({key[:3] for key in summary if key[2] != "full"})
+    for mode, setting, method in groups:
+        base = summary.get((mode, setting, "full", 0.0), {}).get("score", float("nan"))
+        cells = [summary.get((mode, setting, method, r), {}).get("score", float("nan")) for r in ratios]
+        lines.append(f"| {mode} | {setting} | {method} | {base:.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def method_note(method: Any) -> str:
     """TokenSelect's per-step selection cost, which its rows' decode time includes but does not break out."""
     steps = getattr(method, "selection_steps", 0)
     if not steps:
         return ""
-    per_step = getattr(method, "selection_ms_total", 0.0) / steps
+    per_layer_step = getattr(method, "selection_ms_total", 0.0) / steps
     reused = getattr(method, "reused_selections", 0)
-    return f"selection {per_step:.2f} ms/step/all layers, reused {reused / steps:.0%}"
+    return f"selection {per_layer_step:.2f} ms per layer per decode step, {reused / steps:.0%} reused"
+
+
+def render(summary: dict[tuple, dict[str, float]], extras: dict[tuple, str]) -> str:
+    return score_grid(summary) + "\n\n" + table(summary, extras)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.from_parquet:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(args.from_parquet).to_pylist()
+        print(render(summarize(rows), {}))
+        return 0
     from cachebench.errors import UsageError
     from cachebench.evaluate import EvalRequest, run_eval
     from cachebench.models.loading import load_model
@@ -131,8 +155,11 @@ def main(argv: list[str]) -> int:
                     write_atomic(rows, args.out)
                     print(f"[{time.monotonic() - started:6.0f}s] {mode} {setting} {name} {ratio}: "
                           f"{mean([r['score'] for r in outcome.rows]):.3f}", file=sys.stderr, flush=True)
-    text = table(summarize(rows), extras)
-    print(f"model {model.name} on {model.device}, {args.limit} episodes per run, task {args.task}\n")
+    text = render(summarize(rows), extras)
+    from cachebench.provenance import hardware
+
+    print(f"model {model.name} ({model.dtype_name}) on {hardware(model.device)}, {args.limit} episodes per run, "
+          f"task {args.task}\n")
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
