@@ -1,4 +1,5 @@
-"""`cachebench show`: one table per task of method x parameters x model x mode, from any result files."""
+"""`cachebench show`: one table per task of method x parameters x model x mode x compression setting, from any
+result files."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from rich.table import Table
 from cachebench.results import read_results
 from cachebench.stats import cluster_bootstrap_ci
 
-_KEY = ("task", "method", "method_params", "model", "mode")
+_KEY = ("task", "method", "method_params", "model", "mode", "compression")
 
 
 @dataclass
 class CellSummary:
-    """Aggregates of one (task, method, params, model, mode) cell."""
+    """Aggregates of one (task, method, params, model, mode, compression) cell."""
 
     key: dict[str, str]
     score: float
@@ -75,16 +76,17 @@ def render(cells: list[CellSummary], console: Console) -> None:
     by_task: dict[str, list[CellSummary]] = defaultdict(list)
     for cell in cells:
         by_task[cell.key["task"]].append(cell)
-    headers = ("method", "params", "model", "mode", "score", "95% CI", "n", "TTFT ms", "KV MiB", "errors")
+    headers = ("method", "params", "model", "mode", "compression", "score", "95% CI", "n", "TTFT ms", "KV MiB",
+               "errors")
     for task, task_cells in by_task.items():
         table = Table(title=escape(task), title_justify="left", box=box.SIMPLE_HEAD)
         for index, header in enumerate(headers):
-            table.add_column(header, justify="left" if index < 4 else "right")
+            table.add_column(header, justify="left" if index < 5 else "right")
         for cell in task_cells:
             missing = np.isnan(cell.score)
             model = cell.key["model"] + (" (random weights)" if cell.weights == "random" else "")
             values = (
-                cell.key["method"], cell.key["method_params"], model, cell.key["mode"],
+                cell.key["method"], cell.key["method_params"], model, cell.key["mode"], cell.key["compression"] or "-",
                 "-" if missing else f"{cell.score:.3f}", "-" if missing else f"{cell.low:.3f}–{cell.high:.3f}",
                 str(cell.n), "-" if np.isnan(cell.ttft_ms) else f"{cell.ttft_ms:,.1f}", _kv(cell.kv_bytes),
                 str(cell.errors),

@@ -72,6 +72,8 @@ def test_rows_record_the_budget_kind_and_the_compression_setting(tmp_path):
     assert {row["compression"] for row in table} == {"query-aware"}
     assert json.loads(table[0]["method_params"])["budget"] == 64
     assert json.loads(table[0]["method_params"])["ratio"] is None
+    shown = run_cli("show", str(tmp_path))
+    assert shown.returncode == 0 and "query-aware" in shown.stdout  # cells are kept apart by setting
     both = run_cli("eval", "--method", "snapkv", "--task", "multiturn", "--param", "budget=64", "--param",
                    "ratio=0.5", "--out", str(tmp_path))
     assert both.returncode == 2 and "ratio or budget, not both" in both.stderr
