@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from cachebench.kvcompress.attention import group_reduce, window_attention
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod, eviction_state
-from cachebench.kvcompress.prune import keep_in_layer, top_k_sorted
+from cachebench.kvcompress.prune import keep_in_layer, keep_top_and_window
 from cachebench.kvcompress.queries import WindowInputs
 from cachebench.method import LayerCall
 from cachebench.params import param
@@ -84,15 +84,6 @@ def eviction_indicator(probs: torch.Tensor, kv_heads: int, gamma: float, kernel:
     if kernel > 1 and scores.shape[-1] > 0:
         scores = F.avg_pool1d(scores, kernel_size=kernel, stride=1, padding=kernel // 2)
     return group_reduce(scores, kv_heads, "mean")
-
-
-def keep_top_and_window(prefix_scores: torch.Tensor, length: int, keep: int) -> torch.Tensor:
-    """Top (keep - w) prefix entries per head plus the w = length - prefix entries after them (the newest keep
-    entries when keep < w); indices ascending."""
-    w = length - prefix_scores.shape[-1]
-    ranks = torch.arange(w, device=prefix_scores.device, dtype=prefix_scores.dtype)
-    window_scores = (torch.finfo(prefix_scores.dtype).max / 2 + ranks).expand(*prefix_scores.shape[:2], w)
-    return top_k_sorted(torch.cat([prefix_scores, window_scores], dim=-1), keep)
 
 
 def allocate_budgets(prefs: list[float], total: int, caps: list[int]) -> list[int]:

@@ -46,7 +46,7 @@ from transformers.cache_utils import DynamicLayer
 from cachebench.engine.session import attention_modules
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod, eviction_state
-from cachebench.kvcompress.queries import project_queries, rotate_half
+from cachebench.kvcompress.queries import apply_rope, project_queries, raw_projection
 from cachebench.method import LayerCall
 from cachebench.params import param
 
@@ -124,13 +124,7 @@ def retrieval_kv_heads(echo: torch.Tensor, induction: torch.Tensor, echo_fractio
 
 def project_keys(module: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Post-RoPE keys (batch, kv_heads, tokens, head_dim) of a Llama-style attention module."""
-    batch, tokens, _ = hidden.shape
-    keys = module.k_proj(hidden).view(batch, tokens, -1, module.head_dim)
-    if hasattr(module, "k_norm"):
-        keys = module.k_norm(keys)
-    keys = keys.transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return keys * cos + rotate_half(keys) * sin
+    return apply_rope(raw_projection(module, hidden, "k"), cos, sin)
 
 
 def score_heads(model: Any, ids: list[int], offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:

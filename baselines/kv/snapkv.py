@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from cachebench.kvcompress.attention import group_reduce, window_attention
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod
-from cachebench.kvcompress.prune import top_k_sorted
+from cachebench.kvcompress.prune import keep_top_and_window
 from cachebench.method import LayerCall
 from cachebench.params import param
 
@@ -43,15 +43,6 @@ def snapkv_scores(keys: torch.Tensor, queries: torch.Tensor, kernel: int, poolin
         flat = pool(flat, kernel_size=kernel, stride=1, padding=kernel // 2, **kwargs)
         votes = flat.reshape(votes.shape)
     return votes
-
-
-def keep_top_and_window(prefix_scores: torch.Tensor, length: int, keep: int) -> torch.Tensor:
-    """Top (keep - w) prefix entries per head plus the w window entries; when keep < w, the newest keep entries."""
-    w = length - prefix_scores.shape[-1]
-    ranks = torch.arange(w, device=prefix_scores.device, dtype=prefix_scores.dtype)
-    above = (prefix_scores.max() if prefix_scores.numel() else prefix_scores.new_zeros(())) + 1
-    window_scores = (above + ranks).expand(*prefix_scores.shape[:2], w)
-    return top_k_sorted(torch.cat([prefix_scores, window_scores], dim=-1), keep)
 
 
 def snapkv_keep(keys: torch.Tensor, queries: torch.Tensor, keep: int, kernel: int = 7, pooling: str = "avg",

@@ -46,7 +46,7 @@ from transformers.cache_utils import DynamicLayer
 
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.prune import gather_tokens, top_k_sorted
-from cachebench.kvcompress.queries import rotate_half
+from cachebench.kvcompress.queries import apply_rope, raw_projection
 from cachebench.method import KVMethod, LayerCall
 from cachebench.params import param
 
@@ -127,18 +127,6 @@ class SelectiveLayer(DynamicLayer):
         return keys, values
 
 
-def step_queries(module: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre-RoPE, post-RoPE) queries (batch, q_heads, tokens, head_dim) of a Llama-style attention module."""
-    batch, tokens, _ = hidden.shape
-    queries = module.q_proj(hidden).view(batch, tokens, -1, module.head_dim)
-    if hasattr(module, "q_norm"):
-        queries = module.q_norm(queries)
-    queries = queries.transpose(1, 2)
-    rotated = queries * cos.unsqueeze(1) + rotate_half(queries) * sin.unsqueeze(1)
-    return queries, rotated
-
-
 class TokenSelect(KVMethod):
     name = "tokenselect"
     summary = ("Per-step token selection by per-head soft vote of Q.K, with a Selection Cache; the full cache is "
@@ -175,7 +163,8 @@ class TokenSelect(KVMethod):
         start = self._now(layer.keys.device)
         n_init, top_k, n_local = plan
         with torch.no_grad():
-            raw, rotated = step_queries(call.module, call.hidden_states, *call.position_embeddings)
+            raw = raw_projection(call.module, call.hidden_states, "q")
+            rotated = apply_rope(raw, *call.position_embeddings)
             fingerprint = raw.float().mean(dim=2).flatten(1)  # (batch, q_heads * d)
             held = memory.get(call.layer_idx)
             if self._reusable(held, fingerprint, n_init):

@@ -28,3 +28,12 @@ def keep_in_layer(layer, indices: torch.Tensor) -> None:
     """Replace a cache layer's keys and values by the entries at `indices` (the old tensors are freed)."""
     layer.keys = gather_tokens(layer.keys, indices)
     layer.values = gather_tokens(layer.values, indices)
+
+
+def keep_top_and_window(prefix_scores: torch.Tensor, length: int, keep: int) -> torch.Tensor:
+    """Top (keep - w) prefix entries per head plus the w window entries; when keep < w, the newest keep entries."""
+    w = length - prefix_scores.shape[-1]
+    ranks = torch.arange(w, device=prefix_scores.device, dtype=prefix_scores.dtype)
+    above = (prefix_scores.max() if prefix_scores.numel() else prefix_scores.new_zeros(())) + 1
+    window_scores = (above + ranks).expand(*prefix_scores.shape[:2], w)
+    return top_k_sorted(torch.cat([prefix_scores, window_scores], dim=-1), keep)

@@ -16,18 +16,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def apply_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, tokens, head_dim) states by RoPE (cos, sin of shape (batch, tokens, head_dim))."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return states * cos + rotate_half(states) * sin
+
+
+def raw_projection(module: torch.nn.Module, hidden: torch.Tensor, kind: str = "q") -> torch.Tensor:
+    """Pre-RoPE queries (kind "q") or keys ("k"), (batch, heads, tokens, head_dim), of a Llama-style attention
+    module, with the per-head norm Qwen3-style models apply before RoPE."""
+    batch, tokens, _ = hidden.shape
+    states = getattr(module, f"{kind}_proj")(hidden).view(batch, tokens, -1, module.head_dim)
+    norm = getattr(module, f"{kind}_norm", None)
+    if norm is not None:
+        states = norm(states)
+    return states.transpose(1, 2)
+
+
 def project_queries(
     module: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:
-    """Post-RoPE queries (batch, q_heads, tokens, head_dim) of a Llama-style attention module."""
-    batch, tokens, _ = hidden.shape
-    head_dim = module.head_dim
-    queries = module.q_proj(hidden).view(batch, tokens, -1, head_dim)
-    if hasattr(module, "q_norm"):  # Qwen3-style per-head norm before RoPE
-        queries = module.q_norm(queries)
-    queries = queries.transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return queries * cos + rotate_half(queries) * sin
+    """Post-RoPE queries (batch, q_heads, tokens, head_dim), as the layer computed them."""
+    return apply_rope(raw_projection(module, hidden, "q"), cos, sin)
 
 
 @dataclass
