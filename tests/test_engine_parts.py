@@ -125,3 +125,22 @@ def test_version_1_files_are_read_with_compression_null(tmp_path):
     assert table.num_rows == 3
     assert table.schema.names == SCHEMA.names
     assert table.column("compression").null_count == 3  # rows() sets no compression either
+
+
+def test_random_models_need_only_a_copy_of_the_tokenizer(tmp_path, monkeypatch):
+    """A GPU machine without the GGUF package gets the tokenizer files alone; no weights are converted there."""
+    import shutil
+
+    from cachebench.models import embedded
+    from cachebench.models.loading import load_model
+
+    source = embedded.converted_dir()
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    target.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, target / name)
+    monkeypatch.setenv("CACHEBENCH_CACHE", str(tmp_path))
+    model = load_model("random:smollm2-135m", "float32", "cpu", "sdpa")
+    assert model.weights == "random" and model.tokenizer("hello")["input_ids"]
+    copied = ["chat_template.jinja", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in target.iterdir()) == copied  # nothing converted

@@ -40,6 +40,15 @@ def _stamp(source: Path) -> dict[str, object]:
     return {"format": _FORMAT_VERSION, "source": str(source), "size": stat.st_size}
 
 
+def tokenizer_dir() -> Path:
+    """A folder with the embedded tokenizer. Random-weight models need only this, so a copy of the tokenizer files
+    alone (e.g. carried to a GPU machine without the GGUF package) is used as is, without converting the weights."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "tokenizer.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    return converted_dir()
+
+
 def converted_dir() -> Path:
     """The safetensors copy of the embedded model, converting it on first use."""
     source = gguf_path()

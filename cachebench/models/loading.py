@@ -108,7 +108,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: 
             random_init.check_fits(preset, config, torch_dtype, torch_device)
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(embedded.converted_dir())
+            tokenizer = AutoTokenizer.from_pretrained(embedded.tokenizer_dir())
             model = random_init.build_random_model(config, torch_dtype, torch_device, attn_impl)
             name, weights = spec, "random"
         else:
