@@ -12,7 +12,8 @@ Compression runs inside the attention hook, layer by layer, right after the laye
 
 The target (entries kept per layer and head) is fixed the first time a layer is compressed, so a multi-turn
 cache is brought back to the same budget each turn. Subclasses supply the selection rule (`select`) and may
-override the per-layer target (`layer_target`) or act during decoding (`on_decode`).
+override the per-layer target (`layer_target`); a method that also evicts while decoding (H2O) overrides
+`on_layer` and reuses `target_for`.
 """
 
 from __future__ import annotations
@@ -53,16 +54,13 @@ class EvictionMethod(KVMethod):
         `queries` (batch, q_heads, w, d) are the window tokens at the last w indices of `keys`."""
         raise NotImplementedError
 
-    def on_decode(self, call: LayerCall) -> None:
-        """Called on each decoding step's layer call; H2O-style methods evict here."""
-
     def on_layer(self, call: LayerCall) -> None:
         layer = call.cache.layers[call.layer_idx]
         total = layer.keys.shape[-2]
         new = call.hidden_states.shape[1]
         state = eviction_state(call)
         if call.phase == "decode":
-            self.on_decode(call)
+            pass  # nothing evicts mid-reply; the next prompt brings the cache back to its target
         elif call.query_aware:
             if call.phase != "context":
                 self._compress(call, end=total, window_inputs=self._fresh_window(call))
@@ -106,7 +104,3 @@ class EvictionMethod(KVMethod):
             queries = queries[:, :, -min(queries.shape[2], end):]
         chosen = self.select(call, layer.keys[:, :, :end], queries, keep)
         keep_in_layer(layer, with_tail(chosen, end, layer.keys.shape[-2]))
-        self.after_compress(call, chosen, end)
-
-    def after_compress(self, call: LayerCall, chosen: torch.Tensor, end: int) -> None:
-        """Hook for methods that keep per-token state aligned with the cache (H2O's accumulated scores)."""
