@@ -19,11 +19,17 @@ class Turn:
 
 @dataclass
 class Episode:
-    """A shared context (one document, list or conversation) and the turns asked about it."""
+    """A shared context (one document, list or conversation) and the turns asked about it.
+
+    A chunked context (retrieval: a list of documents) sets `chunks`; the runner then tokenizes each chunk on its
+    own and joins them with the task's chunk joiner in place of {context}, so a reuse method can find each chunk's
+    tokens again in any episode, at any position. fields["context"] still holds the joined text.
+    """
 
     episode_id: str
     fields: dict[str, str]  # template fields for the context, at least "context"
     turns: list[Turn]
+    chunks: list[str] | None = None  # the context's documents, in this episode's order
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.params import canonical_json
 from cachebench.registry import build_method
-from cachebench.results import write_atomic
+from cachebench.results import REUSE_TIERS, write_atomic
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
 
 
@@ -170,12 +170,23 @@ def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measur
         "truncated_tokens": measure.truncated_tokens,
         "reused_tokens": measure.reused_tokens,
         "recomputed_tokens": measure.recomputed_tokens,
+        **_tier_columns(measure),
         "kv_bytes": measure.kv_bytes,
         "peak_mem_bytes": measure.peak_mem_bytes,
         "prefill_ms": measure.prefill_ms,
         "ttft_ms": measure.ttft_ms,
         "decode_ms_per_token": measure.decode_ms_per_token,
         "error": measure.error,
+    }
+
+
+def _tier_columns(measure: TurnMeasure) -> dict[str, Any]:
+    """Reused tokens by store tier and the store's load time; null for a method that reused nothing."""
+    reused = measure.reused_tokens > 0
+    return {
+        **{f"reused_{tier}_tokens": measure.reuse_tier_tokens.get(tier, 0) if reused else None
+           for tier in REUSE_TIERS},
+        "reuse_load_ms": measure.reuse_load_ms if reused else None,
     }
 
 
@@ -186,7 +197,8 @@ def _failed_turns(prepared: PreparedEpisode, error: str) -> list[TurnMeasure]:
         TurnMeasure(
             episode_id=prepared.episode.episode_id, turn=index, category=turn.category, prediction="",
             context_tokens=len(prepared.context_ids), prompt_tokens=0, output_tokens=0, reused_tokens=0,
-            recomputed_tokens=0, kv_bytes=0, peak_mem_bytes=0, prefill_ms=nan, ttft_ms=nan, decode_ms_per_token=nan,
+            recomputed_tokens=0, reuse_tier_tokens={}, reuse_load_ms=0.0, kv_bytes=0, peak_mem_bytes=0, prefill_ms=nan,
+            ttft_ms=nan, decode_ms_per_token=nan,
             truncated_tokens=prepared.truncated_tokens, error=error,
         )
         for index, turn in enumerate(prepared.episode.turns)

@@ -2,6 +2,7 @@
 
 A method sees the model at three depths:
   - per run (`attach`): state that must outlive episodes, such as a store of reusable KV blocks;
+  - per context, untimed (`stage`): what a paper assumes happened before the request (chunks encoded offline);
   - per forward (`prefill`): it may replace how a context or query is fed, e.g. load reused KV and compute less;
   - per attention layer, before (`before_layer`): it may replace the attention mask the layer is about to use,
     e.g. to select which cached tokens a decode step attends to;
@@ -52,6 +53,9 @@ class KVMethod:
     summary: ClassVar[str]
     Params: ClassVar[type] = NoParams
     uses_layer_hook: ClassVar[bool] = False  # attention hooks cost time; only installed when a method wants them
+    # A reuse method serves contexts from a store: in multi-request mode every request's context goes through its
+    # prefill again (timed), as a serving engine would, instead of restoring a snapshot of the post-context cache.
+    reuses_kv: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -64,6 +68,10 @@ class KVMethod:
         from transformers import DynamicCache
 
         return DynamicCache(config=model.config)
+
+    def stage(self, session: KVSession, context_ids: Sequence[int]) -> None:
+        """Untimed work before a context prefill: e.g. encode and store chunks that its paper assumes were
+        stored ahead of the request."""
 
     def prefill(self, session: KVSession, token_ids: Sequence[int], phase: Phase) -> torch.Tensor:
         """Feed prompt tokens (the shared context, or a turn's query) and return the last position's logits."""

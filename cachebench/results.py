@@ -16,8 +16,11 @@ import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "2"
-UPGRADABLE = {"1": ("compression",)}  # older versions read by adding these columns as nulls
+SCHEMA_VERSION = "3"
+REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
+_TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
+# older versions are read by adding the columns they lack as nulls
+UPGRADABLE = {"1": ("compression", *_TIER_COLUMNS, "reuse_load_ms"), "2": (*_TIER_COLUMNS, "reuse_load_ms")}
 METADATA_KEY = b"cachebench.schema_version"
 
 SCHEMA = pa.schema(
@@ -59,6 +62,8 @@ SCHEMA = pa.schema(
         ("truncated_tokens", pa.int64()),
         ("reused_tokens", pa.int64()),
         ("recomputed_tokens", pa.int64()),
+        *((name, pa.int64()) for name in _TIER_COLUMNS),
+        ("reuse_load_ms", pa.float64()),
         ("kv_bytes", pa.int64()),
         ("peak_mem_bytes", pa.int64()),
         ("prefill_ms", pa.float64()),

@@ -34,6 +34,7 @@ class TaskSpec:
     context_template: str  # str.format with the episode's fields, must use {context}
     query_template: str  # str.format with the turn's fields, must use {input}
     query_joiner: str = "\n\n"  # joins context and query when both sit in one user message
+    chunk_joiner: str = "\n\n"  # joins a chunked episode's documents (tokenized apart from them)
     context_tokens: int = 0  # default target length for generated contexts (0: the data decides)
     episodes: int = 0  # default number of episodes (0: all the data has)
     metric_by_category: dict[str, str] = field(default_factory=dict)  # mixed tasks score per sub-task
@@ -72,6 +73,7 @@ def _parse(text: str, origin: str) -> TaskSpec:
         context_template=template["context"],
         query_template=template["query"],
         query_joiner=template.get("joiner", "\n\n"),
+        chunk_joiner=template.get("chunk_joiner", "\n\n"),
         context_tokens=int(data.get("context_tokens", 0)),
         episodes=int(data.get("episodes", 0)),
         metric_by_category=dict(data.get("metric_by_category", {}) or {}),

@@ -114,17 +114,23 @@ def test_show_escapes_result_strings_and_reports_intervals(tmp_path):
     assert hostile in text and "m (random weights)" in text and "1.0" in text
 
 
-def test_version_1_files_are_read_with_compression_null(tmp_path):
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_older_files_are_read_with_the_missing_columns_null(tmp_path, version):
     import pyarrow as pa
 
-    v1_schema = pa.schema([f for f in SCHEMA if f.name != "compression"],
-                          metadata={b"cachebench.schema_version": b"1"})
-    pq.write_table(pa.Table.from_pylist(rows(2), schema=v1_schema), tmp_path / "v1.parquet")
-    write_atomic(rows(1), tmp_path / "v2.parquet")
+    from cachebench.results import UPGRADABLE
+
+    lacking = set(UPGRADABLE[version])
+    old_schema = pa.schema([f for f in SCHEMA if f.name not in lacking],
+                           metadata={b"cachebench.schema_version": version.encode()})
+    old_rows = [{k: v for k, v in row.items() if k not in lacking} for row in rows(2)]
+    pq.write_table(pa.Table.from_pylist(old_rows, schema=old_schema), tmp_path / "old.parquet")
+    write_atomic(rows(1), tmp_path / "current.parquet")
     table = read_results([tmp_path])
     assert table.num_rows == 3
     assert table.schema.names == SCHEMA.names
-    assert table.column("compression").null_count == 3  # rows() sets no compression either
+    assert table.column("reused_disk_tokens").null_count == 3  # rows() sets no tier counts either
+    assert ("compression" in lacking) == (version == "1")
 
 
 def test_random_models_need_only_a_copy_of_the_tokenizer(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import torch
 
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.measure import Clock, PeakMemory
-from cachebench.engine.session import KVSession, LayerHooks
+from cachebench.engine.session import KVSession, LayerHooks, ReuseCounters, Segment
 from cachebench.episodes import Episode
 from cachebench.errors import UsageError
 from cachebench.method import KVMethod
@@ -45,6 +45,7 @@ class PreparedEpisode:
     context_ids: list[int]
     turn_texts: list[str]  # each turn's query text, formatted with the task's template
     truncated_tokens: int
+    segments: tuple[Segment, ...] | None = None  # chunked contexts only, covering context_ids in order
 
 
 @dataclass
@@ -60,9 +61,12 @@ class TurnMeasure:
     output_tokens: int
     reused_tokens: int
     recomputed_tokens: int
+    reuse_tier_tokens: dict[str, int]  # reused tokens by the store tier they came from
+    reuse_load_ms: float
     kv_bytes: int
     peak_mem_bytes: int
-    prefill_ms: float  # the episode's context prefill, measured once and repeated on each of its turns
+    prefill_ms: float  # the context prefill: once per episode and repeated on its turns, or per request when a
+    # reuse method serves each multi-request turn's context from its store
     ttft_ms: float
     decode_ms_per_token: float  # NaN when the reply ended at its first token
     truncated_tokens: int
@@ -73,14 +77,41 @@ def _tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+_CHUNKS_MARK = "\u2063CBCHUNKS\u2063"
+
+
+def _tokenize_context(
+    episode: Episode, spec: TaskSpec, model: LoadedModel, chat: ChatFormat
+) -> tuple[list[int], tuple[Segment, ...] | None]:
+    """The context's tokens; a chunked context is tokenized piece by piece, so each chunk's tokens do not depend
+    on its neighbours (the same chunk gives the same tokens in every episode)."""
+    if not episode.chunks:
+        return _tokens(model.tokenizer, chat.context(spec.context_template.format(**episode.fields))), None
+    framed = chat.context(spec.context_template.format(**{**episode.fields, "context": _CHUNKS_MARK}))
+    head, tail = framed.split(_CHUNKS_MARK)
+    pieces: list[tuple[str, bool]] = [(head, False)]
+    for index, chunk in enumerate(episode.chunks):
+        if index:
+            pieces.append((spec.chunk_joiner, False))
+        pieces.append((chunk, True))
+    pieces.append((tail, False))
+    ids: list[int] = []
+    segments = []
+    for text, reusable in pieces:
+        piece = _tokens(model.tokenizer, text) if text else []
+        if piece:
+            segments.append(Segment(len(ids), len(ids) + len(piece), reusable))
+            ids.extend(piece)
+    return ids, tuple(segments)
+
+
 def prepare_episodes(
     episodes: Sequence[Episode], spec: TaskSpec, model: LoadedModel, chat: ChatFormat, settings: RunSettings
 ) -> list[PreparedEpisode]:
     """Tokenize contexts and check every episode fits the model's window before any compute starts."""
     prepared = []
     for episode in episodes:
-        context_text = chat.context(spec.context_template.format(**episode.fields))
-        context_ids = _tokens(model.tokenizer, context_text)
+        context_ids, segments = _tokenize_context(episode, spec, model, chat)
         texts = [spec.query_template.format(**turn.fields) for turn in episode.turns]
         turn_cost = [
             len(_tokens(model.tokenizer, chat.followup(text))) + _max_new(spec, turn.category, settings)
@@ -105,7 +136,8 @@ def prepare_episodes(
             truncated = len(context_ids) - room
             keep_head = room // 2
             context_ids = context_ids[:keep_head] + context_ids[len(context_ids) - (room - keep_head) :]
-        prepared.append(PreparedEpisode(episode, context_ids, texts, truncated))
+            segments = None  # a cut chunk is no longer the stored chunk: the context is treated as flat text
+        prepared.append(PreparedEpisode(episode, context_ids, texts, truncated, segments))
     return prepared
 
 
@@ -150,28 +182,44 @@ class EpisodeRunner:
         with torch.inference_mode():
             return self._run(prepared, on_turn)
 
-    def _run(self, prepared: PreparedEpisode, on_turn: Callable[[], None] | None) -> list[TurnMeasure]:
-        multi_turn = self.settings.mode == "multi-turn"
-        episode = prepared.episode
-        session = KVSession(self.model, self.method, self._hooks, self.settings.compression == "query-aware")
-        self.memory.start()
+    def _new_context(self, prepared: PreparedEpisode) -> tuple[KVSession, float]:
+        """A session holding the episode's context, and the context prefill's time.
+
+        A reuse method first stages what its paper assumes was stored ahead of the request (untimed); then the
+        prefill is timed, including the method's loads from its store."""
+        session = KVSession(
+            self.model, self.method, self._hooks, self.settings.compression == "query-aware", prepared.segments
+        )
+        self.method.stage(session, prepared.context_ids)
         start = self.clock.now_ms()
         session.prefill(prepared.context_ids, "context")
-        prefill_ms = self.clock.now_ms() - start
-        after_context = None if multi_turn else session.snapshot()
+        return session, self.clock.now_ms() - start
+
+    def _run(self, prepared: PreparedEpisode, on_turn: Callable[[], None] | None) -> list[TurnMeasure]:
+        multi_turn = self.settings.mode == "multi-turn"
+        # In multi-request mode a reuse method serves every request's context from its store again (what it is
+        # measured on); other methods restore a snapshot of the post-context cache, which is not timed.
+        per_request_context = not multi_turn and self.method.reuses_kv
+        episode = prepared.episode
+        self.memory.start()
+        session, prefill_ms = self._new_context(prepared)
+        after_context = None if multi_turn or per_request_context else session.snapshot()
         pending: list[int] = []  # tokens owed to the cache before the next question (multi-turn only)
         results = []
         for index, (turn, text) in enumerate(zip(episode.turns, prepared.turn_texts, strict=True)):
+            request_start = ReuseCounters() if index == 0 else session.reuse.copy()
             if index > 0:
                 self.memory.start()  # turn 0's peak includes the context prefill
-            if after_context is not None and index > 0:
-                session.restore(after_context)
+                if per_request_context:
+                    session, prefill_ms = self._new_context(prepared)
+                    request_start = ReuseCounters()
+                elif after_context is not None:
+                    session.restore(after_context)
             if index == 0 or not multi_turn:
                 query_text = self.chat.query(self.spec.query_joiner + text)
             else:
                 query_text = self.chat.followup(text)
             prompt_ids = pending + _tokens(self.model.tokenizer, query_text)
-            reused_before, recomputed_before = session.reused_tokens, session.recomputed_tokens
 
             start = self.clock.now_ms()
             logits = session.prefill(prompt_ids, "query")
@@ -188,6 +236,7 @@ class EpisodeRunner:
             decode_ms = self.clock.now_ms() - start
 
             ended = generated[-1] in self._eos
+            reuse = session.reuse.since(request_start)
             answer_ids = generated[:-1] if ended else generated
             results.append(
                 TurnMeasure(
@@ -198,8 +247,10 @@ class EpisodeRunner:
                     context_tokens=len(prepared.context_ids),
                     prompt_tokens=len(prompt_ids),
                     output_tokens=len(answer_ids),
-                    reused_tokens=session.reused_tokens - reused_before,
-                    recomputed_tokens=session.recomputed_tokens - recomputed_before,
+                    reused_tokens=reuse.reused_tokens,
+                    recomputed_tokens=reuse.recomputed_tokens,
+                    reuse_tier_tokens=dict(reuse.tier_tokens),
+                    reuse_load_ms=reuse.load_ms,
                     kv_bytes=self.method.kv_bytes(session.cache),
                     peak_mem_bytes=self.memory.peak_bytes(),
                     prefill_ms=prefill_ms,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,8 +70,9 @@ class LayerHooks:
             self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(idx), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._make_hook(idx), with_kwargs=True))
 
-    def _call(self, session: KVSession, layer_idx: int, module: torch.nn.Module, args: tuple, kwargs: dict
-              ) -> LayerCall:
+    def _call(
+        self, session: KVSession, layer_idx: int, module: torch.nn.Module, args: tuple, kwargs: dict
+    ) -> LayerCall:
         return LayerCall(
             layer_idx=layer_idx,
             phase=self._phase,
@@ -121,6 +123,36 @@ class LayerHooks:
         self._handles.clear()
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A run of context tokens [start, end): one chunk's own tokens (reusable in any episode) or text around them."""
+
+    start: int
+    end: int
+    reusable: bool
+
+
+@dataclass
+class ReuseCounters:
+    """What a reuse method loaded instead of computing, where from, and what it computed again anyway."""
+
+    reused_tokens: int = 0  # tokens whose KV was loaded from a store
+    recomputed_tokens: int = 0  # loaded tokens computed again (selective recompute)
+    tier_tokens: Counter = field(default_factory=Counter)  # loaded tokens by store tier ("device", "cpu", "disk")
+    load_ms: float = 0.0  # time spent fetching from the store
+
+    def since(self, earlier: ReuseCounters) -> ReuseCounters:
+        return ReuseCounters(
+            self.reused_tokens - earlier.reused_tokens,
+            self.recomputed_tokens - earlier.recomputed_tokens,
+            self.tier_tokens - earlier.tier_tokens,
+            self.load_ms - earlier.load_ms,
+        )
+
+    def copy(self) -> ReuseCounters:
+        return ReuseCounters(self.reused_tokens, self.recomputed_tokens, Counter(self.tier_tokens), self.load_ms)
+
+
 @dataclass
 class Snapshot:
     """A copy of a session's cache, method state and position."""
@@ -134,7 +166,12 @@ class KVSession:
     """One growing KV cache for one episode (a context and its turns)."""
 
     def __init__(
-        self, model: LoadedModel, method: KVMethod, hooks: LayerHooks | None, query_aware: bool = False
+        self,
+        model: LoadedModel,
+        method: KVMethod,
+        hooks: LayerHooks | None,
+        query_aware: bool = False,
+        segments: tuple[Segment, ...] | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -142,8 +179,8 @@ class KVSession:
         self.cache = method.new_cache(model)
         self.state: dict[str, Any] = {}
         self.position = 0
-        self.reused_tokens = 0  # tokens whose KV a reuse method loaded instead of computing
-        self.recomputed_tokens = 0  # reused tokens a method computed again (selective recompute)
+        self.segments = segments  # a chunked context's layout (chunk tokens vs text around them), else None
+        self.reuse = ReuseCounters()
         self._hooks = hooks
         net = model.model
         self._cache_kw = _keyword(net, "cache", "past_key_values")
