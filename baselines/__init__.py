@@ -14,4 +14,8 @@ KV_METHODS: dict[str, str] = {
     "windowkv": "kv.windowkv:WindowKV",
     "tokenselect": "kv.tokenselect:TokenSelect",
     "razorattention": "kv.razorattention:RazorAttention",
+    "prefix": "kv.prefix:PrefixCache",
+    "naive-concat": "kv.naive_concat:NaiveConcat",
+    "kvlink": "kv.kvlink:KVLink",
+    "cacheblend": "kv.cacheblend:CacheBlend",
 }

@@ -33,14 +33,26 @@ class CellSummary:
     n: int
     errors: int
     ttft_ms: float
+    request_ttft_ms: float  # what a request waited for its first token, context prefill included (see below)
     kv_bytes: float
     weights: str
+    ttft_ratio: float = float("nan")  # request_ttft_ms over the `full` cell's of the same task, model and mode
+
+
+def request_ttft(mode: str, turn: int, prefill_ms: float, ttft_ms: float) -> float:
+    """Time to first token of the request a row stands for.
+
+    A multi-request row is a whole request (its context, then its question): without reuse its context is
+    prefilled again, so the context prefill counts. In multi-turn mode only the first turn prefilled the context.
+    """
+    return prefill_ms + ttft_ms if mode == "multi-request" or turn == 0 else ttft_ms
 
 
 def summarize(paths: Iterable[str | Path]) -> list[CellSummary]:
     """Group rows into cells and compute the score's 95% interval (bootstrap over episodes) and mean costs."""
     table = read_results(paths)
-    columns = ["score", "episode_id", "run_id", "ttft_ms", "kv_bytes", "error", "model_weights", *_KEY]
+    columns = ["score", "episode_id", "run_id", "turn", "prefill_ms", "ttft_ms", "kv_bytes", "error", "model_weights",
+               *_KEY]
     data = table.select(columns).to_pydict()
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for row in range(table.num_rows):
@@ -60,11 +72,38 @@ def summarize(paths: Iterable[str | Path]) -> list[CellSummary]:
                 n=len(ok),
                 errors=len(rows) - len(ok),
                 ttft_ms=float(np.nanmean([data["ttft_ms"][r] for r in ok])) if ok else float("nan"),
+                request_ttft_ms=_mean(
+                    [request_ttft(data["mode"][r], data["turn"][r], data["prefill_ms"][r], data["ttft_ms"][r])
+                     for r in ok]
+                ),
                 kv_bytes=float(np.mean([data["kv_bytes"][r] for r in ok])) if ok else float("nan"),
                 weights=data["model_weights"][rows[0]],
             )
         )
+    _add_ttft_ratios(cells)
     return cells
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _add_ttft_ratios(cells: list[CellSummary]) -> None:
+    """Each cell's request TTFT over the `full` method's on the same task, model and mode (the baseline a reuse
+    method is judged against); cells without such a baseline keep NaN."""
+    baseline: dict[tuple[str, ...], float] = {}
+    for cell in cells:
+        if cell.key["method"] == "full":
+            baseline.setdefault((cell.key["task"], cell.key["model"], cell.key["mode"]), cell.request_ttft_ms)
+    for cell in cells:
+        reference = baseline.get((cell.key["task"], cell.key["model"], cell.key["mode"]), float("nan"))
+        if reference and not np.isnan(reference):
+            cell.ttft_ratio = cell.request_ttft_ms / reference
+
+
+def _ms(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:,.1f}"
 
 
 def _kv(value: float) -> str:
@@ -76,8 +115,8 @@ def render(cells: list[CellSummary], console: Console) -> None:
     by_task: dict[str, list[CellSummary]] = defaultdict(list)
     for cell in cells:
         by_task[cell.key["task"]].append(cell)
-    headers = ("method", "params", "model", "mode", "compression", "score", "95% CI", "n", "TTFT ms", "KV MiB",
-               "errors")
+    headers = ("method", "params", "model", "mode", "compression", "score", "95% CI", "n", "TTFT ms", "req TTFT ms",
+               "TTFT×full", "KV MiB", "errors")
     for task, task_cells in by_task.items():
         table = Table(title=escape(task), title_justify="left", box=box.SIMPLE_HEAD)
         for index, header in enumerate(headers):
@@ -88,7 +127,8 @@ def render(cells: list[CellSummary], console: Console) -> None:
             values = (
                 cell.key["method"], cell.key["method_params"], model, cell.key["mode"], cell.key["compression"] or "-",
                 "-" if missing else f"{cell.score:.3f}", "-" if missing else f"{cell.low:.3f}–{cell.high:.3f}",
-                str(cell.n), "-" if np.isnan(cell.ttft_ms) else f"{cell.ttft_ms:,.1f}", _kv(cell.kv_bytes),
+                str(cell.n), _ms(cell.ttft_ms), _ms(cell.request_ttft_ms),
+                "-" if np.isnan(cell.ttft_ratio) else f"{cell.ttft_ratio:.2f}", _kv(cell.kv_bytes),
                 str(cell.errors),
             )  # fmt: skip
             table.add_row(*(escape(value) for value in values))

@@ -75,11 +75,12 @@ def probe_ids(vocab: int, special: set[int], tokens: int, repeats: int, seed: in
     return ([bos] if bos is not None else []) + segment * repeats
 
 
-def repetition_masks(length: int, offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:
+def repetition_masks(length: int, offset: int, segment: int, device: torch.device | str = "cpu"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean (rows, length) masks for the probe rows in later repeats (index offset + segment onwards): echo marks
     the same token in every earlier repeat, induction the token right after it."""
-    rows = torch.arange(offset + segment, length).unsqueeze(1)
-    cols = torch.arange(length).unsqueeze(0)
+    rows = torch.arange(offset + segment, length, device=device).unsqueeze(1)
+    cols = torch.arange(length, device=device).unsqueeze(0)
     earlier = (cols >= offset) & (cols < rows) & ((rows - cols) % segment == 0)
     echo = earlier
     induction = torch.zeros_like(earlier)
@@ -97,10 +98,10 @@ def probe_scores(queries: torch.Tensor, keys: torch.Tensor, offset: int, segment
     rows = queries[0, :, offset + segment:].float()
     full_keys = keys[0].float().repeat_interleave(q_heads // keys.shape[1], dim=0)
     logits = torch.matmul(rows, full_keys.transpose(-1, -2)) * scale  # (q_heads, rows, T)
-    row_index = torch.arange(offset + segment, length).unsqueeze(1)
-    logits.masked_fill_(torch.arange(length).unsqueeze(0) > row_index, float("-inf"))
+    row_index = torch.arange(offset + segment, length, device=logits.device).unsqueeze(1)
+    logits.masked_fill_(torch.arange(length, device=logits.device).unsqueeze(0) > row_index, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    echo, induction = repetition_masks(length, offset, segment)
+    echo, induction = repetition_masks(length, offset, segment, probs.device)
     return (probs * echo).sum(-1).mean(-1), (probs * induction).sum(-1).mean(-1)
 
 

@@ -1,0 +1,147 @@
+"""KV reuse on the real embedded model: prefix caching and the chunk-reuse methods against a full prefill.
+
+The equalities are the issue's correctness bar: prefix reuse must give exactly the full prefill's logits, and
+CacheBlend with every reused token recomputed must equal a full prefill. The other assertions check that the
+methods do what their papers say (chunks found again in another order, the recompute share, the ordering of
+naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is never served.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cachebench.engine.chat import ChatFormat
+from cachebench.engine.runner import RunSettings, prepare_episodes
+from cachebench.engine.session import KVSession
+from cachebench.episodes import Episode, Turn
+from cachebench.registry import build_method
+from cachebench.taskspec import resolve_tasks
+
+CHUNKS = [
+    "Document A. The lighthouse at Carrow Point was built in 1871 by the engineer Maud Ellery. Its lamp burned "
+    "whale oil until 1902, when it was converted to kerosene. The keeper's cottage now houses a small museum.",
+    "Document B. Maud Ellery trained as a surveyor in Glasgow before moving to the coast. She designed four "
+    "harbours and two bridges, and her notebooks are kept in the county archive under the reference code EL-4471.",
+    "Document C. The ferry from Carrow Point to the island of Inishmore runs twice a day in summer and once a day "
+    "in winter. The crossing takes forty minutes, and tickets cost nine pounds for adults.",
+    "Document D. Every August the village of Carrow holds a regatta. Boats race around the lighthouse and back, "
+    "and the winner receives a silver oar that was first awarded in 1923.",
+]
+QUESTION = "What is the reference code of the notebooks of the engineer who built the lighthouse?"
+ORDERS = ([0, 1, 2, 3], [3, 1, 0, 2], [2, 0, 3, 1])
+
+
+def prepared(model, order):
+    spec = resolve_tasks("multiturn.qa")[0]
+    chunks = [CHUNKS[i] for i in order]
+    episode = Episode("e", {"context": "\n\n".join(chunks)}, [Turn({"input": QUESTION}, ["EL-4471"])], chunks=chunks)
+    return spec, prepare_episodes([episode], spec, model, ChatFormat(model.tokenizer), RunSettings("multi-request"))[0]
+
+
+def query_logits(model, method, order):
+    """The first answer token's logits after the method prefilled the chunked context and the question."""
+    spec, episode = prepared(model, order)
+    method.attach(model)
+    session = KVSession(model, method, None, segments=episode.segments)
+    query = ChatFormat(model.tokenizer).query(spec.query_joiner + episode.turn_texts[0])
+    with torch.inference_mode():
+        method.stage(session, episode.context_ids)
+        session.prefill(episode.context_ids, "context")
+        logits = session.prefill(model.tokenizer(query, add_special_tokens=False)["input_ids"], "query")
+    return logits.float(), session
+
+
+def kl_from(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    return float(torch.nn.functional.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True,
+                                            reduction="sum"))
+
+
+def test_chunks_are_tokenized_apart_and_marked(embedded):
+    _, episode = prepared(embedded, [2, 0, 3, 1])
+    chunks = [s for s in episode.segments if s.reusable]
+    assert len(chunks) == 4 and episode.segments[-1].end == len(episode.context_ids)
+    for segment, index in zip(chunks, [2, 0, 3, 1], strict=True):
+        alone = embedded.tokenizer(CHUNKS[index], add_special_tokens=False)["input_ids"]
+        assert episode.context_ids[segment.start : segment.end] == alone
+
+
+def test_cacheblend_with_everything_recomputed_equals_full_prefill(embedded):
+    full, _ = query_logits(embedded, build_method("full", []), ORDERS[1])
+    blended, session = query_logits(embedded, build_method("cacheblend", ["recompute_ratio=1.0"]), ORDERS[1])
+    torch.testing.assert_close(blended, full, rtol=0, atol=1e-5)
+    chunk_tokens = sum(len(embedded.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in CHUNKS)
+    assert session.reuse.reused_tokens == chunk_tokens
+    assert session.reuse.recomputed_tokens >= chunk_tokens - 1  # the last context token counts as new text
+
+
+def test_prefix_reuse_gives_exactly_the_full_prefill_logits(embedded):
+    full, _ = query_logits(embedded, build_method("full", []), ORDERS[0])
+    method = build_method("prefix", ["block_tokens=16"])
+    cold, cold_session = query_logits(embedded, method, ORDERS[0])
+    warm, warm_session = query_logits(embedded, method, ORDERS[0])
+    assert cold_session.reuse.reused_tokens == 0
+    _, episode = prepared(embedded, ORDERS[0])
+    assert warm_session.reuse.reused_tokens == (len(episode.context_ids) - 1) // 16 * 16
+    assert warm_session.reuse.tier_tokens["device"] == warm_session.reuse.reused_tokens
+    assert torch.equal(cold, full) and torch.equal(warm, full)
+    _, other_order = query_logits(embedded, method, ORDERS[1])  # only the shared start is a prefix
+    assert 0 < other_order.reuse.reused_tokens < warm_session.reuse.reused_tokens
+
+
+def test_chunk_methods_find_chunks_in_any_order_and_cacheblend_beats_naive_reuse(embedded):
+    naive, kvlink = build_method("naive-concat", []), build_method("kvlink", [])
+    blends = {ratio: build_method("cacheblend", [f"recompute_ratio={ratio}"]) for ratio in (0.15, 0.3)}
+    divergence: dict[str, list[float]] = {"naive": [], "kvlink": [], 0.15: [], 0.3: []}
+    for order in ORDERS:
+        full, _ = query_logits(embedded, build_method("full", []), order)
+        for name, method in [("naive", naive), ("kvlink", kvlink), *blends.items()]:
+            logits, session = query_logits(embedded, method, order)
+            divergence[name].append(kl_from(full, logits))
+            reused = session.reuse.reused_tokens
+            assert reused == sum(s.end - s.start for s in prepared(embedded, order)[1].segments if s.reusable)
+            expected = 0 if name in ("naive", "kvlink") else math.ceil(name * (reused - 1))
+            assert session.reuse.recomputed_tokens == expected
+    mean = {name: sum(values) / len(values) for name, values in divergence.items()}
+    # CacheBlend's claim: recomputing a few high-deviation tokens restores cross-chunk attention naive reuse lacks
+    assert mean[0.3] < mean["naive"] and mean[0.15] < mean["naive"]
+    # chunks encoded alone (training-free KVLink) lose the prompt's start as attention sink: worse than naive
+    assert mean["kvlink"] > mean["naive"]
+
+
+def test_a_damaged_disk_block_is_discarded_and_recomputed_never_served(embedded, tmp_path):
+    args = ["block_tokens=16", "disk_mb=64", f"disk_dir={tmp_path}", "device_mb=0", "cpu_mb=0"]
+    full, _ = query_logits(embedded, build_method("full", []), ORDERS[0])
+    writer = build_method("prefix", args)
+    query_logits(embedded, writer, ORDERS[0])
+    files = sorted((tmp_path / writer.store.namespace).glob("*.safetensors"))
+    assert len(files) >= 10
+    by_position = {int(_meta(f)["first_position"]): f for f in files}
+    truncated = by_position[48]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+
+    reader = build_method("prefix", args)  # a new run: a new store over the same folder
+    logits, session = query_logits(embedded, reader, ORDERS[0])
+    assert torch.equal(logits, full)
+    assert session.reuse.reused_tokens == 48 and session.reuse.tier_tokens["disk"] == 48  # stops at the damage
+    assert reader.store.stats.corrupt == 1  # detected and deleted; the recomputed block was then stored again:
+    assert _meta(truncated)["first_position"] == "48"
+
+    flipped = by_position[96]  # rewritten intact by the run above; now one byte of its tensor data flips
+    data = bytearray(flipped.read_bytes())
+    data[-100] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    third = build_method("prefix", args)
+    logits, session = query_logits(embedded, third, ORDERS[0])
+    assert torch.equal(logits, full)
+    assert third.store.stats.corrupt == 1 and session.reuse.reused_tokens == 96
+
+
+def _meta(path):
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return json.loads(handle.metadata()["meta"])
