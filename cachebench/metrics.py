@@ -134,6 +134,22 @@ def rouge_lsum(prediction: str, references: Sequence[str], meta: Mapping[str, An
     return max((scorer.score(ref, prediction)["rougeLsum"].fmeasure for ref in references), default=0.0)
 
 
+@cache
+def _rouge_l_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(prediction: str, references: Sequence[str], meta: Mapping[str, Any]) -> float:
+    """ROUGE-L F-measure from rouge-score, best over references (LongBench / CacheBlend SAMSum).
+
+    Unlike ROUGE-Lsum it takes the longest common subsequence over the whole text, not per line.
+    """
+    scorer = _rouge_l_scorer()
+    return max((scorer.score(ref, prediction)["rougeL"].fmeasure for ref in references), default=0.0)
+
+
 def _code_block(text: str) -> str:
     """The first fenced code block of a reply, or the whole reply when there is none."""
     match = re.search(r"^```[\w+-]*\s*\n(.*?)^```", text.strip(), re.DOTALL | re.MULTILINE)
@@ -167,11 +183,12 @@ SCORERS: dict[str, Scorer] = {
     "math_find": math_find,
     "choice": choice,
     "rouge_lsum": rouge_lsum,
+    "rouge_l": rouge_l,
     "repoqa": repoqa,
 }
 
 # Scorers whose library is optional (the `data` extra): checked before a run starts, not mid-run.
-SCORER_REQUIRES = {"rouge_lsum": "rouge_score", "repoqa": "nltk"}
+SCORER_REQUIRES = {"rouge_lsum": "rouge_score", "rouge_l": "rouge_score", "repoqa": "nltk"}
 
 
 def get_scorer(name: str) -> Scorer:

@@ -47,6 +47,20 @@ def test_rouge_lsum_and_chinese_f1():
     assert score("qa_f1_zh", "北京。", ["北京"]) == 1.0
 
 
+def test_rouge_l_is_the_whole_text_lcs_best_over_references():
+    assert score("rouge_l", "Amanda baked cookies.", ["Amanda baked cookies."]) == pytest.approx(1.0)
+    # LCS "amanda baked cookies" of 3 words: precision 3/3, recall 3/5
+    assert score("rouge_l", "amanda baked cookies", ["Amanda baked cookies for Jerry."]) == pytest.approx(0.75)
+    assert score("rouge_l", "cookies", ["Tom is late.", "Amanda baked cookies"]) == pytest.approx(0.5)
+    # ROUGE-L ignores line breaks where ROUGE-Lsum matches line by line: word order across lines still counts
+    two_lines = "jerry will come\namanda baked cookies"
+    reference = ["amanda baked cookies jerry will come"]
+    assert score("rouge_l", two_lines, reference) == pytest.approx(0.5)
+    assert score("rouge_lsum", two_lines, reference) > score("rouge_l", two_lines, reference)
+    assert score("rouge_l", "zzz", ["Amanda baked cookies"]) == 0.0
+    assert score("rouge_l", "anything", []) == 0.0
+
+
 def test_repoqa_needs_the_closest_function_above_threshold():
     needles = {"add": "def add(a, b):\n    return a + b", "sub": "def sub(a, b):\n    return a - b"}
     meta = {"name": "add", "needles": needles}

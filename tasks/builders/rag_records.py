@@ -1,0 +1,83 @@
+"""Records of a public RAG dataset, from the HF hub or a local file of the same shape, with one-line errors.
+
+Both paths go through HF `datasets` (the hub id, or its "json" loader for `--data FILE`: JSONL or a JSON array),
+so a local copy parses exactly as the hub's does. Every failure (no `datasets`, no network, an unreadable file, a
+record of another shape) becomes a one-line UsageError that says what to do instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cachebench.errors import UsageError
+from cachebench.hub import hub_endpoint, hub_reachable
+
+MAX_REASON = 200
+
+
+def load_records(hub_id: str, split: str, data_path: str | None, limit: int, shape: str) -> list[dict[str, Any]]:
+    """The first `limit` records (all when limit <= 0) of the hub split, or of the local file when one is given.
+
+    `shape` names the record format in messages ("MuSiQue's").
+    """
+    where = f"--data {data_path}" if data_path else f"{hub_id} ({split} split)"
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(
+            f"{where}: loading {shape} records needs the datasets package (pip install 'cachebench[data]')"
+        ) from None
+    try:
+        if data_path:
+            dataset = _quietly(lambda: datasets.load_dataset("json", data_files=data_path, split="train"), datasets)
+        else:
+            if not hub_reachable():
+                raise OSError(f"{hub_endpoint()} cannot be reached")
+            dataset = datasets.load_dataset(hub_id, split=split)
+    except Exception as exc:  # the hub and the json loader fail in many ways; all mean "no data"
+        raise UsageError(
+            f"could not load {where} ({one_line(exc)}); --data FILE takes a local JSONL of {shape} record shape"
+        ) from exc
+    if limit > 0:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    records = dataset.to_list()
+    if not records:
+        raise UsageError(f"{where}: no records")
+    return records
+
+
+def _quietly(load: Callable[[], Any], datasets: Any) -> Any:
+    """Run a local load without datasets' "Generating train split" bars (noise around a one-line error)."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return load()
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+
+
+def one_line(exc: BaseException) -> str:
+    """The innermost cause of an exception as one short line (datasets wraps parse errors in a generic one)."""
+    while exc.__cause__ is not None and str(exc.__cause__).strip():
+        exc = exc.__cause__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def require(record: Mapping[str, Any], key: str, where: str, shape: str) -> Any:
+    """record[key], or a one-line UsageError naming the record and the expected shape."""
+    value = record.get(key)
+    if value is None:
+        raise UsageError(f"{where}: missing {key!r} (expected {shape} record shape)")
+    return value
+
+
+def record_id(record: Mapping[str, Any], index: int) -> str:
+    """The record's own id ("id" or "_id"), else its position."""
+    for key in ("id", "_id"):
+        if record.get(key) is not None:
+            return str(record[key])
+    return str(index)
