@@ -73,12 +73,30 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def by_category(rows: list[dict[str, Any]]) -> str:
+    """Mean score per turn category (on rag.passages: passage, fact, two-hop), methods as rows."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["error"] is None:
+            cells[_label(row)][row["category"]].append(row["score"])
+    categories = sorted({c for per in cells.values() for c in per})
+    lines = ["| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+    for label in _ordered(cells):
+        lines.append(f"| {label} | " + " | ".join(f"{statistics.fmean(cells[label][c]):.3f}" for c in categories)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _ordered(labels: Any) -> list[str]:
+    order = ["full", "prefix", "naive-concat", "kvlink", *sorted(k for k in labels if k.startswith("cacheblend"))]
+    return [k for k in order if k in labels]
+
+
 def render(summary: dict[str, dict[str, Any]]) -> str:
     base = summary.get("full")
     lines = ["| method | score | 95% CI | n | request TTFT ms | TTFT / full | context reused | reused recomputed "
              "| store load ms | tiers |", "|---|---|---|---|---|---|---|---|---|---|"]
-    order = ["full", "prefix", "naive-concat", "kvlink", *sorted(k for k in summary if k.startswith("cacheblend"))]
-    for label in [k for k in order if k in summary]:
+    for label in _ordered(summary):
         cell = summary[label]
         ratio = f"{cell['ttft'] / base['ttft']:.2f}x" if base else "n/a"
         lines.append(
@@ -94,7 +112,8 @@ def main(argv: list[str]) -> int:
     if args.from_parquet:
         import pyarrow.parquet as pq
 
-        print(render(summarize(pq.read_table(args.from_parquet).to_pylist())))
+        rows = pq.read_table(args.from_parquet).to_pylist()
+        print(render(summarize(rows)) + "\n\n" + by_category(rows))
         return 0
     from cachebench.errors import UsageError
     from cachebench.evaluate import EvalRequest, run_eval
@@ -123,7 +142,7 @@ def main(argv: list[str]) -> int:
             print(f"[{time.monotonic() - started:6.0f}s] {name} {' '.join(params)}", file=sys.stderr, flush=True)
     print(f"model {model.name} ({model.dtype_name}) on {hardware(model.device)}, task {args.task}, {args.mode}, "
           f"{args.limit} episodes\n")
-    print(render(summarize(rows)))
+    print(render(summarize(rows)) + "\n\n" + by_category(rows))
     return 0
 
 

@@ -28,8 +28,8 @@ from cachebench.reuse.store import KVBlock, TieredKVStore, content_key
 class ChunkParams(StoreParams):
     chunking: str = param(
         "task",
-        "where chunks come from: the task's documents (flat contexts are cut into "
-        "fixed blocks), or always fixed blocks",
+        "chunk separator policy: the task's documents (the joiners between them are computed as new text; "
+        "flat contexts are cut into fixed blocks), or always fixed blocks",
         choices=("task", "fixed"),
     )
     chunk_tokens: int = param(256, "block size when a context is cut into fixed chunks", low=16)

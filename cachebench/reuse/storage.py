@@ -16,6 +16,7 @@ import torch
 
 from cachebench.engine.measure import Clock
 from cachebench.engine.session import KVSession
+from cachebench.errors import UsageError
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 from cachebench.paths import cache_dir
@@ -54,16 +55,19 @@ def open_store(params: StoreParams, model: LoadedModel, variant: str) -> TieredK
     disk_dir = Path(params.disk_dir) if params.disk_dir else cache_dir() / "kvstore"
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return TieredKVStore(
-        namespace=model_namespace(model, variant),
-        device=model.device,
-        dtype=model.dtype,
-        device_bytes=params.device_mb * _MB,
-        cpu_bytes=params.cpu_mb * _MB,
-        disk_dir=disk_dir if params.disk_mb > 0 else None,
-        disk_bytes=params.disk_mb * _MB,
-        layout=(config.num_hidden_layers, config.num_key_value_heads, head_dim),
-    )
+    try:
+        return TieredKVStore(
+            namespace=model_namespace(model, variant),
+            device=model.device,
+            dtype=model.dtype,
+            device_bytes=params.device_mb * _MB,
+            cpu_bytes=params.cpu_mb * _MB,
+            disk_dir=disk_dir if params.disk_mb > 0 else None,
+            disk_bytes=params.disk_mb * _MB,
+            layout=(config.num_hidden_layers, config.num_key_value_heads, head_dim),
+        )
+    except OSError as exc:  # the disk folder cannot be created or listed
+        raise UsageError(f"--param disk_dir={disk_dir}: not usable for the KV store ({exc.strerror or exc})") from None
 
 
 def timed_get(store: TieredKVStore, key: str, tokens: Sequence[int], session: KVSession) -> tuple[KVBlock, str] | None:

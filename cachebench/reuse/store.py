@@ -31,6 +31,7 @@ import json
 import os
 import re
 import struct
+import sys
 import time
 import zlib
 from collections import OrderedDict
@@ -365,6 +366,7 @@ class StoreStats:
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     misses: int = 0
     corrupt: int = 0  # disk files that failed verification, deleted
+    write_failures: int = 0  # disk writes that failed (disk full, folder gone); those blocks stayed in memory
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     bytes_used: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
 
@@ -536,7 +538,14 @@ class TieredKVStore:
         tokens = torch.tensor(host.tokens, dtype=torch.int64)
         tensors = {"keys": host.keys, "values": host.values, "tokens": tokens}
         metadata = _file_metadata(self.namespace, key, host.keys, host.values, tokens, meta_json)
-        size = disk.write(key, tensors, metadata)
+        try:
+            size = disk.write(key, tensors, metadata)
+        except OSError as exc:  # disk full or folder gone: the block stays in memory, the run goes on
+            self._stats.write_failures += 1
+            if self._stats.write_failures == 1:
+                print(f"cachebench: KV store: cannot write to {disk.folder} ({exc.strerror or exc}); "
+                      "blocks stay in memory only", file=sys.stderr)
+            return False
         if size > disk.capacity:
             disk.remove(key)
             return False
