@@ -82,6 +82,7 @@ SCHEMA = pa.schema(
 )
 
 SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale")
+REUSE_COLUMNS = (*_TIER_COLUMNS, "reuse_load_ms")  # null on rows of a method that reused nothing
 
 
 def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:

@@ -39,13 +39,17 @@ class CellSummary:
     ttft_ratio: float = float("nan")  # request_ttft_ms over the `full` cell's of the same task, model and mode
 
 
-def request_ttft(mode: str, turn: int, prefill_ms: float, ttft_ms: float) -> float:
+def request_ttft(mode: str, turn: int, prefill_ms: float | None, ttft_ms: float | None) -> float:
     """Time to first token of the request a row stands for.
 
     A multi-request row is a whole request (its context, then its question): without reuse its context is
     prefilled again, so the context prefill counts. In multi-turn mode only the first turn prefilled the context.
     """
-    return prefill_ms + ttft_ms if mode == "multi-request" or turn == 0 else ttft_ms
+    nan = float("nan")
+    ttft = nan if ttft_ms is None else ttft_ms
+    if mode == "multi-request" or turn == 0:
+        return ttft + (nan if prefill_ms is None else prefill_ms)
+    return ttft
 
 
 def summarize(paths: Iterable[str | Path]) -> list[CellSummary]:

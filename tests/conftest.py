@@ -4,6 +4,11 @@ to prove that the runner serves methods that shrink the cache (it is not registe
 from __future__ import annotations
 
 import os
+
+# The suite runs on two pytest-xdist workers (pyproject addopts); each keeps torch to one thread, and so do the
+# CLI subprocesses it starts, because two processes of two threads each on two cores slow torch down tenfold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +28,10 @@ from cachebench.params import param
 from cachebench.taskspec import resolve_tasks
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 _SCRIPT = Path(sys.executable).parent / "cachebench"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cachebench.cli"]
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import CLI, REPO, run_cli
 
 from cachebench.models.embedded import converted_dir
-from cachebench.results import SCHEMA, SCHEMA_VERSION, SEMANTIC_COLUMNS
+from cachebench.results import REUSE_COLUMNS, SCHEMA, SCHEMA_VERSION, SEMANTIC_COLUMNS
 
 FAST = ["--limit", "1", "--max-new-tokens", "6", "--quiet"]
 
@@ -36,7 +36,7 @@ def test_eval_writes_every_documented_column_typed_and_filled(tmp_path):
     rows = table.to_pylist()
     for column in SCHEMA.names:
         values = [row[column] for row in rows]
-        if column in SEMANTIC_COLUMNS or column == "error":
+        if column in SEMANTIC_COLUMNS or column in REUSE_COLUMNS or column == "error":
             assert all(v is None for v in values), column
         else:
             assert all(v is not None for v in values), column

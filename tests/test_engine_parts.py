@@ -150,3 +150,21 @@ def test_random_models_need_only_a_copy_of_the_tokenizer(tmp_path, monkeypatch):
     assert model.weights == "random" and model.tokenizer("hello")["input_ids"]
     copied = ["chat_template.jinja", "tokenizer.json", "tokenizer_config.json"]
     assert sorted(p.name for p in target.iterdir()) == copied  # nothing converted
+
+
+def test_show_gives_each_cell_its_request_ttft_over_full(tmp_path):
+    """A multi-request row's request TTFT counts its context prefill; a later multi-turn turn's does not."""
+    from cachebench.show import summarize
+
+    def cell(method, mode, prefill, ttft):
+        return [dict(row, method=method, mode=mode, model="m", model_weights="pretrained", prefill_ms=prefill,
+                     ttft_ms=ttft, kv_bytes=1, error=None) for row in rows(4)]
+
+    data = (cell("full", "multi-request", 900.0, 100.0) + cell("prefix", "multi-request", 150.0, 100.0)
+            + cell("full", "multi-turn", 900.0, 100.0) + cell("prefix", "multi-turn", 150.0, 100.0))
+    write_atomic(data, tmp_path / "r.parquet")
+    by_key = {(c.key["method"], c.key["mode"]): c for c in summarize([tmp_path])}
+    assert by_key[("full", "multi-request")].request_ttft_ms == 1000.0
+    assert by_key[("prefix", "multi-request")].ttft_ratio == 0.25
+    assert by_key[("full", "multi-turn")].request_ttft_ms == (1000.0 + 100.0) / 2  # turns 0 and 1 alternate
+    assert by_key[("prefix", "multi-turn")].ttft_ratio == (250.0 + 100.0) / (1000.0 + 100.0)

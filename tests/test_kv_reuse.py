@@ -9,7 +9,12 @@ naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is nev
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
 
+import pyarrow.parquet as pq
+import pytest
 import torch
 
 from cachebench.engine.chat import ChatFormat
@@ -17,7 +22,9 @@ from cachebench.engine.runner import RunSettings, prepare_episodes
 from cachebench.engine.session import KVSession
 from cachebench.episodes import Episode, Turn
 from cachebench.registry import build_method
+from cachebench.reuse.store import TieredKVStore
 from cachebench.taskspec import resolve_tasks
+from tests.conftest import CLI, REPO, run_cli, run_task
 
 CHUNKS = [
     "Document A. The lighthouse at Carrow Point was built in 1871 by the engineer Maud Ellery. Its lamp burned "
@@ -138,6 +145,33 @@ def test_a_damaged_disk_block_is_discarded_and_recomputed_never_served(embedded,
     assert third.store.stats.corrupt == 1 and session.reuse.reused_tokens == 96
 
 
+def test_a_killed_run_leaves_the_disk_tier_readable_and_the_next_run_serves_it(embedded, tmp_path):
+    """SIGKILL a real `cachebench eval` while it writes blocks; every file left must verify, and a new run over
+    the folder must take blocks from disk."""
+    folder = tmp_path / "kv"
+    args = ["eval", "--method", "prefix", "--task", "rag.passages", "--param", "block_tokens=16",
+            "--param", "disk_mb=512", "--param", f"disk_dir={folder}", "-q"]
+    writer = subprocess.Popen([*CLI, *args, "--limit", "8", "--out", str(tmp_path / "first")], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and len(list(folder.rglob("*.safetensors"))) < 60 and writer.poll() is None:
+        time.sleep(0.02)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    files = list(folder.rglob("*.safetensors"))
+    assert len(files) >= 60
+    namespace = files[0].parent.name
+    store = TieredKVStore(namespace, torch.device("cpu"), embedded.dtype, 0, 0, folder, 2**30)  # the CLI's dtype
+    assert all(store.get(path.stem) is not None for path in files)
+    assert store.stats.corrupt == 0
+
+    result = run_cli(*args, "--limit", "2", "--out", str(tmp_path / "second"))
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path / "second").to_pylist()
+    assert all(row["error"] is None for row in rows)
+    assert sum(row["reused_disk_tokens"] for row in rows if row["turn"] == 0) > 0  # blocks the killed run wrote
+
+
 def _meta(path):
     import json
 
@@ -145,3 +179,38 @@ def _meta(path):
 
     with safe_open(str(path), "pt") as handle:
         return json.loads(handle.metadata()["meta"])
+
+
+@pytest.mark.parametrize("mode", ["multi-request", "multi-turn"])
+def test_every_reuse_method_runs_the_multiturn_task(embedded, mode):
+    """Flat contexts are cut into fixed chunks; in multi-request mode every request is served from the store."""
+    for name in ("prefix", "naive-concat", "kvlink", "cacheblend"):
+        method = build_method(name, ["block_tokens=32"] if name == "prefix" else ["chunk_tokens=128"])
+        method.attach(embedded)  # as run_eval does once per run
+        prepared, measures, _ = run_task(embedded, method, "multiturn.passkey", mode=mode, episodes=1)
+        assert all(m.error is None for m in measures) and len(measures) == 4
+        context = len(prepared[0].context_ids)
+        if mode == "multi-request":  # turns 1-3 re-prefill the context from the store: (nearly) all of it reused
+            assert all(m.reused_tokens >= context - 128 for m in measures[1:]), name
+            assert all(m.reuse_tier_tokens.get("device", 0) == m.reused_tokens for m in measures), name
+        else:  # one context prefill, on turn 0; later turns compute only their own prompt
+            assert all(m.reused_tokens == 0 for m in measures[1:]), name
+        if name == "prefix":
+            assert measures[0].reused_tokens == 0  # the first context of the run has nothing stored yet
+        if name == "cacheblend":
+            assert all(m.recomputed_tokens == math.ceil(0.15 * (m.reused_tokens - 1)) or m.reused_tokens == 0
+                       for m in measures)
+
+
+def test_the_users_example_runs_and_fills_the_reuse_columns(tmp_path):
+    """`cachebench eval --method cacheblend --task multiturn`, one episode, as a user types it."""
+    result = run_cli("eval", "--method", "cacheblend", "--task", "multiturn", "--limit", "1", "--mode",
+                     "multi-request", "--out", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path).to_pylist()
+    assert len(rows) == 4 and all(row["error"] is None for row in rows)
+    for row in rows:
+        tiers = row["reused_device_tokens"] + row["reused_cpu_tokens"] + row["reused_disk_tokens"]
+        assert row["reused_tokens"] > 0 and tiers == row["reused_tokens"] and row["reuse_load_ms"] >= 0
+        assert 0 < row["recomputed_tokens"] < row["reused_tokens"]
+        assert row["prefill_ms"] > 0 and row["method"] == "cacheblend"

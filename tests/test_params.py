@@ -70,7 +70,8 @@ def test_canonical_json_is_stable_and_describes_fields():
 
 def test_registry_resolves_only_implemented_methods():
     assert method_names() == sorted(["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv",
-                                     "tokenselect", "razorattention"])
+                                     "tokenselect", "razorattention", "prefix", "naive-concat", "kvlink",
+                                     "cacheblend"])
     for name in method_names():  # every entry imports, names itself, and builds with default parameters
         assert method_class(name).name == name
         build_method(name, [])
