@@ -23,7 +23,7 @@ from cachebench.errors import UsageError
 from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.registry import build_method
-from cachebench.tasks.builders import rag_2wikimqa, rag_musique, rag_passages, rag_records, rag_samsum
+from cachebench.tasks.builders import hub_records, rag_2wikimqa, rag_musique, rag_passages, rag_samsum
 from cachebench.tasks.builders.rag_text import JOINER
 from cachebench.taskspec import TaskSpec, all_tasks, resolve_tasks
 
@@ -229,7 +229,7 @@ def test_samsum_examples_recur_and_queries_stay_out_of_the_pool() -> None:
 
 
 def test_hub_without_network_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rag_records, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub_records, "hub_reachable", lambda: False)
     hubs = {"rag.musique": (rag_musique, "dgslibisey/MuSiQue"), "rag.2wikimqa": (rag_2wikimqa, "framolfese/2Wiki"),
             "rag.samsum": (rag_samsum, "knkarthick/samsum")}  # fmt: skip
     for name, (builder, hub_id) in hubs.items():

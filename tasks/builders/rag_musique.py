@@ -22,8 +22,8 @@ from typing import Any
 
 from cachebench.episodes import BuildRequest, Episode, Turn
 from cachebench.errors import UsageError
+from cachebench.tasks.builders.hub_records import load_records, record_id, require
 from cachebench.tasks.builders.rag_budget import fit_chunks
-from cachebench.tasks.builders.rag_records import load_records, record_id, require
 from cachebench.tasks.builders.rag_text import join_chunks
 
 HUB_DATASET = "dgslibisey/MuSiQue"

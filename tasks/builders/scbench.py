@@ -16,7 +16,7 @@ from typing import Any
 
 from cachebench.episodes import BuildRequest, Episode, Turn
 from cachebench.errors import UsageError
-from cachebench.hub import hub_endpoint, hub_reachable
+from cachebench.tasks.builders.hub_records import load_records
 
 HUB_DATASET = "microsoft/SCBench"
 CONFIGS = (
@@ -42,33 +42,7 @@ def build(request: BuildRequest) -> list[Episode]:
 
 def _load(config: str, data_path: str | None, limit: int) -> list[dict[str, Any]]:
     """The first `limit` records, read with HF datasets so a local file parses exactly as the hub's does."""
-    where = f"--data {data_path}" if data_path else f"{HUB_DATASET} {config}"
-    try:
-        import datasets
-    except ImportError:
-        raise UsageError(
-            f"{where}: loading SCBench needs the datasets package (pip install 'cachebench[data]')"
-        ) from None
-    try:
-        if data_path:
-            dataset = datasets.load_dataset("json", data_files=data_path, split="train")
-        else:
-            if not hub_reachable():
-                raise OSError(f"{hub_endpoint()} cannot be reached")
-            dataset = datasets.load_dataset(HUB_DATASET, config, split="test")
-    except Exception as exc:  # the hub and the json loader fail in many ways; all mean "no data"
-        raise UsageError(
-            f"could not load {where} ({_one_line(exc)}); --data FILE takes a local JSONL of the hub's record shape"
-        ) from exc
-    if limit > 0:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    return dataset.to_list()
-
-
-def _one_line(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return load_records(HUB_DATASET, "test", data_path, limit, "the hub's", config)
 
 
 def as_references(answer: Any) -> list[str]:

@@ -1,4 +1,5 @@
-"""Records of a public RAG dataset, from the HF hub or a local file of the same shape, with one-line errors.
+"""Records of a public dataset (SCBench, MuSiQue, 2Wiki, SAMSum), from the HF hub or a local file of the same shape,
+with one-line errors.
 
 Both paths go through HF `datasets` (the hub id, or its "json" loader for `--data FILE`: JSONL or a JSON array),
 so a local copy parses exactly as the hub's does. Every failure (no `datasets`, no network, an unreadable file, a
@@ -16,12 +17,13 @@ from cachebench.hub import hub_endpoint, hub_reachable
 MAX_REASON = 200
 
 
-def load_records(hub_id: str, split: str, data_path: str | None, limit: int, shape: str) -> list[dict[str, Any]]:
-    """The first `limit` records (all when limit <= 0) of the hub split, or of the local file when one is given.
-
-    `shape` names the record format in messages ("MuSiQue's").
+def load_records(hub_id: str, split: str, data_path: str | None, limit: int, shape: str, config: str | None = None
+                 ) -> list[dict[str, Any]]:
+    """The first `limit` records (all when limit <= 0) of the hub split (of `config`, for datasets that have
+    several), or of the local file when one is given. `shape` names the record format in messages ("MuSiQue's").
     """
-    where = f"--data {data_path}" if data_path else f"{hub_id} ({split} split)"
+    hub_name = f"{hub_id} {config}" if config else hub_id
+    where = f"--data {data_path}" if data_path else f"{hub_name} ({split} split)"
     try:
         import datasets
     except ImportError:
@@ -34,7 +36,7 @@ def load_records(hub_id: str, split: str, data_path: str | None, limit: int, sha
         else:
             if not hub_reachable():
                 raise OSError(f"{hub_endpoint()} cannot be reached")
-            dataset = datasets.load_dataset(hub_id, split=split)
+            dataset = datasets.load_dataset(hub_id, config, split=split)
     except Exception as exc:  # the hub and the json loader fail in many ways; all mean "no data"
         raise UsageError(
             f"could not load {where} ({one_line(exc)}); --data FILE takes a local JSONL of {shape} record shape"
