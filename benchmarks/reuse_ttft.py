@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from typing import Any
 
 import torch
@@ -57,8 +56,9 @@ def chunked_context(length: int, chunk: int, head: int, vocab: int, seed: int) -
     return ids, tuple(segments)
 
 
-def time_request(model: Any, method: Any, ids: list[int], segments: tuple, query: list[int]
-                 ) -> tuple[float, torch.Tensor, Any]:
+def time_request(
+    model: Any, method: Any, ids: list[int], segments: tuple, query: list[int]
+) -> tuple[float, torch.Tensor, Any]:
     from cachebench.engine.measure import Clock
     from cachebench.engine.session import KVSession
 
@@ -82,40 +82,47 @@ def main(argv: list[str]) -> int:
 
     model = load_model(args.model, args.dtype, args.device, "sdpa")
     vocab = min(model.config.vocab_size, len(model.tokenizer))
-    print(f"model {model.name} ({model.dtype_name}) on {hardware(model.device)}; chunks of {args.chunk_tokens} "
-          f"tokens after a {args.head_tokens}-token prompt start, {args.query_tokens}-token question, median of "
-          f"{args.repeats}\n")
+    print(
+        f"model {model.name} ({model.dtype_name}) on {hardware(model.device)}; chunks of {args.chunk_tokens} "
+        f"tokens after a {args.head_tokens}-token prompt start, {args.query_tokens}-token question, median of "
+        f"{args.repeats}\n"
+    )
     print("| context | method | request TTFT ms | TTFT / full | reused | recomputed | tier |")
     print("|---|---|---|---|---|---|---|")
     query = list(range(200, 200 + args.query_tokens))
-    with tempfile.TemporaryDirectory():
-        for length in args.contexts:
-            ids, segments = chunked_context(length, args.chunk_tokens, args.head_tokens, vocab, seed=length)
-            times: dict[str, float] = {}
-            reference = None
-            for name, params in METHODS:
-                sized = [*params, "device_mb=16384"] if name != "full" and "device_mb=0" not in params else params
-                method = build_method(name, sized)
-                method.attach(model)
-                time_request(model, method, ids, segments, query)  # warm-up; also fills prefix's store
-                runs = [time_request(model, method, ids, segments, query) for _ in range(args.repeats)]
-                elapsed = statistics.median(run[0] for run in runs)
-                session = runs[-1][2]
-                label = " ".join([name, *(p for p in params if not p.startswith("block"))])
-                times[label] = elapsed
-                if name == "full":
-                    reference = runs[-1][1]
-                tiers = ", ".join(f"{t}" for t, n in session.reuse.tier_tokens.items() if n) or "-"
-                print(f"| {length} | {label} | {elapsed:,.1f} | {elapsed / times['full']:.2f}x | "
-                      f"{session.reuse.reused_tokens} | {session.reuse.recomputed_tokens} | {tiers} |", flush=True)
-                del method, runs, session
-                if model.device.type == "cuda":
-                    torch.cuda.empty_cache()
-            check = build_method("cacheblend", ["recompute_ratio=1.0", "device_mb=16384"])
-            check.attach(model)
-            _, logits, _ = time_request(model, check, ids, segments, query)
-            print(f"| {length} | cacheblend 1.0 vs full: max |logit diff| {(logits - reference).abs().max():.3g}, "
-                  f"same top token {bool(logits.argmax() == reference.argmax())} | | | | | |", flush=True)
+    for length in args.contexts:
+        ids, segments = chunked_context(length, args.chunk_tokens, args.head_tokens, vocab, seed=length)
+        times: dict[str, float] = {}
+        reference = None
+        for name, params in METHODS:
+            sized = [*params, "device_mb=16384"] if name != "full" and "device_mb=0" not in params else params
+            method = build_method(name, sized)
+            method.attach(model)
+            time_request(model, method, ids, segments, query)  # warm-up; also fills prefix's store
+            runs = [time_request(model, method, ids, segments, query) for _ in range(args.repeats)]
+            elapsed = statistics.median(run[0] for run in runs)
+            session = runs[-1][2]
+            label = " ".join([name, *(p for p in params if not p.startswith("block"))])
+            times[label] = elapsed
+            if name == "full":
+                reference = runs[-1][1]
+            tiers = ", ".join(f"{t}" for t, n in session.reuse.tier_tokens.items() if n) or "-"
+            print(
+                f"| {length} | {label} | {elapsed:,.1f} | {elapsed / times['full']:.2f}x | "
+                f"{session.reuse.reused_tokens} | {session.reuse.recomputed_tokens} | {tiers} |",
+                flush=True,
+            )
+            del method, runs, session
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+        check = build_method("cacheblend", ["recompute_ratio=1.0", "device_mb=16384"])
+        check.attach(model)
+        _, logits, _ = time_request(model, check, ids, segments, query)
+        print(
+            f"| {length} | cacheblend 1.0 vs full: max |logit diff| {(logits - reference).abs().max():.3g}, "
+            f"same top token {bool(logits.argmax() == reference.argmax())} | | | | | |",
+            flush=True,
+        )
     return 0
 
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from cachebench.engine.session import KVSession
-from cachebench.method import KVMethod, Phase
+from cachebench.method import Phase
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
-from cachebench.reuse.storage import StoreParams, open_store, timed_get
-from cachebench.reuse.store import KVBlock, TieredKVStore, chain_key
+from cachebench.reuse.storage import StoreBackedMethod, StoreParams, stack_layers, timed_get
+from cachebench.reuse.store import KVBlock, chain_key
 
 
 @dataclass(frozen=True)
@@ -30,21 +29,13 @@ class PrefixParams(StoreParams):
     block_tokens: int = param(64, "tokens per hashed block (vLLM uses 16, LMCache 256)", low=1)
 
 
-class PrefixCache(KVMethod):
+class PrefixCache(StoreBackedMethod):
     name = "prefix"
     summary = "reuse the longest stored prefix of hash-chained KV blocks from a device/CPU/disk store"
     Params = PrefixParams
-    reuses_kv = True
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params)
-        self.store: TieredKVStore | None = None
-        self._store_model: LoadedModel | None = None
 
     def attach(self, model: LoadedModel) -> None:
-        if self.store is None or self._store_model is not model:
-            self.store = open_store(self.params, model, f"prefix-{self.params.block_tokens}")
-            self._store_model = model
+        self.open_store_for(model, f"prefix-{self.params.block_tokens}")
 
     def prefill(self, session: KVSession, token_ids: Sequence[int], phase: Phase) -> torch.Tensor:
         if phase != "context" or session.position != 0:
@@ -81,8 +72,8 @@ class PrefixCache(KVMethod):
         for index in range(first, len(keys)):
             span = slice(index * size, (index + 1) * size)
             block = KVBlock(
-                torch.stack([layer.keys[0, :, span] for layer in layers]).contiguous(),
-                torch.stack([layer.values[0, :, span] for layer in layers]).contiguous(),
+                stack_layers([layer.keys for layer in layers], span.start, span.stop),
+                stack_layers([layer.values for layer in layers], span.start, span.stop),
                 tuple(token_ids[span]),
                 {"first_position": str(index * size)},
             )

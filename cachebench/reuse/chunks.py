@@ -16,12 +16,12 @@ import torch
 
 from cachebench.engine.session import KVSession, Segment
 from cachebench.errors import UsageError
-from cachebench.method import KVMethod, Phase
+from cachebench.method import Phase
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 from cachebench.reuse.forward import DecoderParts, ReusedKV, decoder_parts, selective_forward
-from cachebench.reuse.storage import StoreParams, open_store, stack_layers, timed_get
-from cachebench.reuse.store import KVBlock, TieredKVStore, content_key
+from cachebench.reuse.storage import StoreBackedMethod, StoreParams, stack_layers, timed_get
+from cachebench.reuse.store import KVBlock, content_key
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,15 @@ def chunk_layout(session: KVSession, length: int, chunking: str, block: int) -> 
     return fixed_layout(length, block)
 
 
-class ChunkReuseMethod(KVMethod):
+class ChunkReuseMethod(StoreBackedMethod):
     """Encode chunks once, store them, and prefill a context from stored chunks plus whatever must be computed."""
 
-    reuses_kv = True
     Params: ClassVar[type] = ChunkParams
     encode_behind_head: ClassVar[bool] = True  # encode a chunk after the prompt's start (else alone from 0)
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self.store: TieredKVStore | None = None
         self._parts: DecoderParts | None = None
-        self._store_model: LoadedModel | None = None
 
     # what subclasses choose
     def recompute_plan(self) -> tuple[int | None, float]:
@@ -78,10 +75,7 @@ class ChunkReuseMethod(KVMethod):
             raise UsageError(
                 f"{self.name}: check_layer {check_layer} but {model.name} has {len(self._parts.layers)} layers"
             )
-        if self.store is None or self._store_model is not model:  # a benchmark may reuse a method across runs
-            variant = "chunk-behind-head" if self.encode_behind_head else "chunk-alone"
-            self.store = open_store(self.params, model, variant)
-            self._store_model = model
+        self.open_store_for(model, "chunk-behind-head" if self.encode_behind_head else "chunk-alone")
 
     def _head(self, context_ids: Sequence[int], layout: Sequence[Segment]) -> list[int]:
         first = layout[0]

@@ -174,7 +174,7 @@ def selective_forward(
             layer_v = reused.values[index].unsqueeze(0).clone()
             layer_raw[:, :, active] = k_raw
             layer_v[:, :, active] = v
-        layer_keys = apply_rope(layer_raw, cos_all, sin_all) if not everything else apply_rope(k_raw, cos, sin)
+        layer_keys = apply_rope(layer_raw, cos_all, sin_all)
         out = _attend(attn, q, layer_keys, layer_v, positions[active], positions, everything)
         out = attn.o_proj(out.transpose(1, 2).reshape(1, active.shape[0], -1))
         hidden = hidden + out

@@ -11,12 +11,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cachebench.engine.measure import Clock
 from cachebench.engine.session import KVSession
 from cachebench.errors import UsageError
+from cachebench.method import KVMethod
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 from cachebench.paths import cache_dir
@@ -68,6 +70,23 @@ def open_store(params: StoreParams, model: LoadedModel, variant: str) -> TieredK
         )
     except OSError as exc:  # the disk folder cannot be created or listed
         raise UsageError(f"--param disk_dir={disk_dir}: not usable for the KV store ({exc.strerror or exc})") from None
+
+
+class StoreBackedMethod(KVMethod):
+    """A reuse method: it keeps one store for the run (kept across runs of the same model, as a benchmark that
+    reuses a method instance expects) and serves every multi-request context from it."""
+
+    reuses_kv = True
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.store: TieredKVStore | None = None
+        self._store_model: LoadedModel | None = None
+
+    def open_store_for(self, model: LoadedModel, variant: str) -> None:
+        if self.store is None or self._store_model is not model:
+            self.store = open_store(self.params, model, variant)
+            self._store_model = model
 
 
 def timed_get(store: TieredKVStore, key: str, tokens: Sequence[int], session: KVSession) -> tuple[KVBlock, str] | None:

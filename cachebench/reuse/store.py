@@ -543,8 +543,11 @@ class TieredKVStore:
         except OSError as exc:  # disk full or folder gone: the block stays in memory, the run goes on
             self._stats.write_failures += 1
             if self._stats.write_failures == 1:
-                print(f"cachebench: KV store: cannot write to {disk.folder} ({exc.strerror or exc}); "
-                      "blocks stay in memory only", file=sys.stderr)
+                print(
+                    f"cachebench: KV store: cannot write to {disk.folder} ({exc.strerror or exc}); "
+                    "blocks stay in memory only",
+                    file=sys.stderr,
+                )
             return False
         if size > disk.capacity:
             disk.remove(key)
