@@ -1,7 +1,7 @@
 """Cache-method adapters, one module per method (kv/ for KV-cache methods, semantic/ for response caches).
 
-KV_METHODS is the registry: method name -> "module:Class" inside this package. Adding a method is one file
-plus one line here; nothing is imported until the method is asked for.
+KV_METHODS and SEMANTIC_METHODS are the registry: method name -> "module:Class" inside this package. Adding a
+method is one file plus one line here; nothing is imported until the method is asked for.
 """
 
 KV_METHODS: dict[str, str] = {
@@ -18,4 +18,9 @@ KV_METHODS: dict[str, str] = {
     "naive-concat": "kv.naive_concat:NaiveConcat",
     "kvlink": "kv.kvlink:KVLink",
     "cacheblend": "kv.cacheblend:CacheBlend",
+}
+
+SEMANTIC_METHODS: dict[str, str] = {
+    "exact": "semantic.exact:ExactCache",
+    "threshold": "semantic.threshold:ThresholdCache",
 }
