@@ -23,4 +23,5 @@ KV_METHODS: dict[str, str] = {
 SEMANTIC_METHODS: dict[str, str] = {
     "exact": "semantic.exact:ExactCache",
     "threshold": "semantic.threshold:ThresholdCache",
+    "category-aware": "semantic.category_aware:CategoryAwareCache",
 }

@@ -69,10 +69,16 @@ def eval_command(
     compression: Annotated[str, typer.Option(help="When a compressing method runs: query-agnostic (the context "
                                                   "is compressed before any question) or query-aware (the first "
                                                   "question is part of the compressed prefill).")] = "query-agnostic",
+    embedder: Annotated[str, typer.Option(help="Semantic caches: `embedded` (all-MiniLM-L6-v2, offline), a local "
+                                               "sentence-transformers folder or a hub name.")] = "embedded",
+    llm_cost_ms: Annotated[str | None, typer.Option(help="Semantic caches: the LLM's cost per request in ms, one "
+                                                         "number or category=ms pairs (default: measured with "
+                                                         "--model).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the file "
                                                               "path.")] = False,
 ) -> None:
-    """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn."""
+    """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
+    or per request (semantic caches)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -89,7 +95,7 @@ def eval_command(
         method=method, task=task, params=tuple(param or ()), model=model, dtype=dtype, device=device,
         attn_impl=attn_impl, mode=mode, golden_history=golden_history, context_tokens=context_tokens, limit=limit,
         seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
-        compression=compression,
+        compression=compression, embedder=embedder, llm_cost=llm_cost_ms,
     )
     console = Console(stderr=True)
     if quiet:
@@ -102,9 +108,9 @@ def eval_command(
     if outcome.path is None:
         raise UsageError("the run produced no rows")
     if not quiet:
-        from cachebench.show import console_for_tables, render, summarize
+        from cachebench.show import console_for_tables, show
 
-        render(summarize([outcome.path]), console_for_tables())
+        show([outcome.path], console_for_tables())
         console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
     else:
         print(outcome.path)
@@ -117,11 +123,17 @@ def eval_command(
 @app.command("show")
 def show_command(
     paths: Annotated[list[Path], typer.Argument(help="Result files or directories (searched recursively).")],
+    false_hit_ms: Annotated[float | None, typer.Option(help="Semantic caches: the cost of a wrong (false or stale) "
+                                                            "hit in the cost model (default: the LLM's cost).")]
+    = None,
 ) -> None:
-    """Print a table per task: score with a 95% bootstrap interval, n, mean TTFT and mean KV size."""
-    from cachebench.show import console_for_tables, render, summarize
+    """Print a table per task: KV methods with score, 95% bootstrap interval, TTFT and KV size; semantic caches
+    per category with hit/error rates, F-scores, stale hits, lookup latency and the break-even hit rate."""
+    from cachebench.show import console_for_tables, show
 
-    render(summarize(paths), console_for_tables())
+    if false_hit_ms is not None and false_hit_ms < 0:
+        raise UsageError(f"--false-hit-ms must be >= 0, got {false_hit_ms}")
+    show(paths, console_for_tables(), false_hit_ms)
 
 
 @list_app.command("methods")

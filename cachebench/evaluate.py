@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -37,56 +34,10 @@ from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.params import canonical_json
-from cachebench.registry import build_method
-from cachebench.results import REUSE_TIERS, write_atomic
+from cachebench.registry import build_method, method_track
+from cachebench.results import REUSE_TIERS
+from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    method: str
-    task: str
-    params: tuple[str, ...] = ()
-    model: str = "embedded"
-    dtype: str = "auto"
-    device: str = "auto"
-    attn_impl: str = "sdpa"
-    mode: str | None = None  # None: each task's own default
-    golden_history: bool = False
-    context_tokens: int | None = None
-    limit: int | None = None  # episodes per task
-    seed: int = 0
-    out: Path = Path("results")
-    truncate: str = "error"
-    max_new_tokens: int | None = None
-    data: str | None = None  # a local file in the real dataset's format, for hub-backed tasks
-    compression: str = "query-agnostic"  # when a compressing method may see the question (see RunSettings)
-
-
-@dataclass
-class EvalOutcome:
-    path: Path | None
-    rows: list[dict[str, Any]]
-    errors: int
-
-
-class ProgressSink(Protocol):
-    def task_started(self, name: str, turns: int) -> None: ...
-
-    def episode_started(self, index: int, total: int) -> None: ...
-
-    def turn_done(self) -> None: ...
-
-
-class _Silent:
-    def task_started(self, name: str, turns: int) -> None:
-        pass
-
-    def episode_started(self, index: int, total: int) -> None:
-        pass
-
-    def turn_done(self) -> None:
-        pass
 
 
 def _check_request(request: EvalRequest) -> list[TaskSpec]:
@@ -103,6 +54,10 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
     if request.data is not None and not Path(request.data).is_file():
         raise UsageError(f"--data {request.data}: no such file")
     specs = resolve_tasks(request.task)
+    semantic = [spec.name for spec in specs if spec.track == "semantic"]
+    if semantic:
+        raise UsageError(f"task {semantic[0]} is a semantic-cache task; method {request.method!r} is a KV-cache "
+                         "method (see `cachebench list methods`)")
     for spec in specs:
         for metric in {spec.metric, *spec.metric_by_category.values()}:
             get_scorer(metric)
@@ -205,30 +160,18 @@ def _failed_turns(prepared: PreparedEpisode, error: str) -> list[TurnMeasure]:
     ]
 
 
-class _Checkpointer:
-    """Re-writes the run's file now and then, so a killed run keeps what it finished."""
-
-    def __init__(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        self.path, self.rows, self._last = path, rows, time.monotonic()
-        self.interval = float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30"))
-
-    def maybe(self) -> None:
-        if time.monotonic() - self._last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            write_atomic(self.rows, self.path)
-        self._last = time.monotonic()
-
-
 def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: LoadedModel | None = None,
              method: KVMethod | None = None) -> EvalOutcome:
     """Run one method on one task or group; returns the rows and where they were written.
 
     A benchmark sweeping many settings may pass the model it already loaded (it must be what request.model,
     dtype, device and attn_impl name) and a method instance, to read the method's own counters afterwards."""
-    progress = progress or _Silent()
+    if method_track(request.method) == "semantic":
+        from cachebench.semantic.evaluate import run_semantic_eval
+
+        return run_semantic_eval(request, resolve_tasks(request.task),
+                                 method or build_method(request.method, list(request.params)), progress)
+    progress = progress or Silent()
     specs = _check_request(request)
     method = method or build_method(request.method, list(request.params))
     model = model or load_model(request.model, request.dtype, request.device, request.attn_impl)
@@ -263,7 +206,7 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
 
     rows: list[dict[str, Any]] = []
     path = request.out / f"{run_id}.parquet"
-    checkpoint = _Checkpointer(path, rows)
+    checkpoint = Checkpointer(path, rows)
     errors = 0
     try:
         for spec, settings, prepared_episodes in plan:

@@ -16,11 +16,18 @@ import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
+# semantic-track columns added in version 4 (null on KV rows)
+_SEMANTIC_V4 = ("user", "class_id", "served_class", "warmup", "embed_ms", "fetch_ms", "llm", "llm_ms", "cache_entries",
+                "cache_bytes")
 # older versions are read by adding the columns they lack as nulls
-UPGRADABLE = {"1": ("compression", *_TIER_COLUMNS, "reuse_load_ms"), "2": (*_TIER_COLUMNS, "reuse_load_ms")}
+UPGRADABLE = {
+    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4),
+    "3": _SEMANTIC_V4,
+}
 METADATA_KEY = b"cachebench.schema_version"
 
 SCHEMA = pa.schema(
@@ -75,13 +82,23 @@ SCHEMA = pa.schema(
         ("similarity", pa.float64()),
         ("lookup_ms", pa.float64()),
         ("stale", pa.bool_()),
+        ("user", pa.string()),
+        ("class_id", pa.string()),
+        ("served_class", pa.string()),
+        ("warmup", pa.bool_()),
+        ("embed_ms", pa.float64()),
+        ("fetch_ms", pa.float64()),
+        ("llm", pa.string()),
+        ("llm_ms", pa.float64()),
+        ("cache_entries", pa.int64()),
+        ("cache_bytes", pa.int64()),
         # failure
         ("error", pa.string()),
     ],
     metadata={METADATA_KEY: SCHEMA_VERSION.encode()},
 )
 
-SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale")
+SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale", *_SEMANTIC_V4)
 REUSE_COLUMNS = (*_TIER_COLUMNS, "reuse_load_ms")  # null on rows of a method that reused nothing
 
 

@@ -1,5 +1,5 @@
 """`cachebench show`: one table per task of method x parameters x model x mode x compression setting, from any
-result files."""
+result files; semantic-cache rows get their own per-category tables (cachebench.semantic.report)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from cachebench.results import read_results
 from cachebench.stats import cluster_bootstrap_ci
+from cachebench.taskspec import SEMANTIC_METRIC
 
 _KEY = ("task", "method", "method_params", "model", "mode", "compression")
 
@@ -52,9 +55,29 @@ def request_ttft(mode: str, turn: int, prefill_ms: float | None, ttft_ms: float 
     return ttft
 
 
+def _split_tracks(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(KV rows, semantic-cache rows)."""
+    semantic = pc.fill_null(pc.equal(table["metric"], SEMANTIC_METRIC), False)
+    return table.filter(pc.invert(semantic)), table.filter(semantic)
+
+
 def summarize(paths: Iterable[str | Path]) -> list[CellSummary]:
-    """Group rows into cells and compute the score's 95% interval (bootstrap over episodes) and mean costs."""
-    table = read_results(paths)
+    """Group KV rows into cells and compute the score's 95% interval (bootstrap over episodes) and mean costs."""
+    return _summarize_table(_split_tracks(read_results(paths))[0])
+
+
+def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | None = None) -> None:
+    """Print every table the rows call for: KV cells, then semantic caches per category."""
+    from cachebench.semantic.report import render_semantic, summarize_semantic
+
+    kv_rows, semantic_rows = _split_tracks(read_results(paths))
+    if kv_rows.num_rows:
+        render(_summarize_table(kv_rows), console)
+    if semantic_rows.num_rows:
+        render_semantic(summarize_semantic(semantic_rows, false_hit_ms), console)
+
+
+def _summarize_table(table: pa.Table) -> list[CellSummary]:
     columns = ["score", "episode_id", "run_id", "turn", "prefill_ms", "ttft_ms", "kv_bytes", "error", "model_weights",
                *_KEY]
     data = table.select(columns).to_pydict()

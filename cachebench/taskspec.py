@@ -16,6 +16,8 @@ import yaml
 from cachebench.errors import UsageError, unknown_name
 
 MODES = ("multi-turn", "multi-request")
+TRACKS = ("kv", "semantic")
+SEMANTIC_METRIC = "semantic_outcome"  # a semantic row's score: 1 unless it served a wrong or stale response
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class TaskSpec:
     episodes: int = 0  # default number of episodes (0: all the data has)
     metric_by_category: dict[str, str] = field(default_factory=dict)  # mixed tasks score per sub-task
     max_new_tokens_by_category: dict[str, int] = field(default_factory=dict)
+    track: str = "kv"  # kv: episodes of a context and turns; semantic: a request stream for response caches
+    warmup: float = 0.0  # semantic stream: fraction of requests that only fill the cache (left out of scores)
+    categories: tuple[str, ...] = ()  # semantic: the categories its data may use
+    llm_cost_ms: dict[str, float] = field(default_factory=dict)  # semantic: set LLM cost per category (else measured)
 
     def metric_for(self, category: str) -> str:
         return self.metric_by_category.get(category, self.metric)
@@ -48,10 +54,49 @@ class TaskSpec:
 
 
 _REQUIRED = ("family", "subtask", "summary", "builder", "source", "mode", "metric", "max_new_tokens", "template")
+_REQUIRED_SEMANTIC = ("family", "subtask", "summary", "builder", "source", "protocol", "categories")
+
+
+def _parse_semantic(data: dict[str, Any], origin: str) -> TaskSpec:
+    """A semantic task: a builder of request streams, its protocol (the task's `mode`) and categories."""
+    from cachebench.semantic.stream import PROTOCOLS
+
+    missing = [key for key in _REQUIRED_SEMANTIC if key not in data]
+    if missing:
+        raise ValueError(f"{origin}: missing {', '.join(missing)}")
+    if data["protocol"] not in PROTOCOLS:
+        raise ValueError(f"{origin}: protocol must be one of {PROTOCOLS}")
+    warmup = float(data.get("warmup", 0.0))
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"{origin}: warmup must be in [0, 1)")
+    return TaskSpec(
+        name=f"{data['family']}.{data['subtask']}",
+        family=data["family"],
+        subtask=data["subtask"],
+        summary=data["summary"],
+        groups=tuple(data.get("groups", ())),
+        builder=data["builder"],
+        builder_args=dict(data.get("args", {}) or {}),
+        source=data["source"],
+        mode=data["protocol"],
+        metric=SEMANTIC_METRIC,
+        max_new_tokens=int(data.get("max_new_tokens", 64)),  # when the LLM's cost is measured per category
+        context_template="",
+        query_template="",
+        episodes=0,
+        track="semantic",
+        warmup=warmup,
+        categories=tuple(data["categories"]),
+        llm_cost_ms={str(k): float(v) for k, v in (data.get("llm_cost_ms") or {}).items()},
+    )
 
 
 def _parse(text: str, origin: str) -> TaskSpec:
     data = yaml.safe_load(text)
+    if data.get("track", "kv") not in TRACKS:
+        raise ValueError(f"{origin}: track must be one of {TRACKS}")
+    if data.get("track") == "semantic":
+        return _parse_semantic(data, origin)
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise ValueError(f"{origin}: missing {', '.join(missing)}")

@@ -121,6 +121,10 @@ class SemanticMethod:
         """The LLM answered a missed query; by default the answer is inserted. Returns the new entry's key."""
         return self.insert(query, response)
 
+    def feedback(self, query: Query, response: str, decision: Decision) -> None:
+        """The LLM answered a missed query that is not to be inserted (the pair protocol's queries): a learning
+        cache may still learn from it. By default nothing happens."""
+
     # -- shared helpers -----------------------------------------------------------------------------------------
     def partition_for(self, query: Query) -> str:
         return f"user:{query.user}" if self.params.scope == "user" else "all"

@@ -1,0 +1,165 @@
+"""`cachebench eval` for semantic caches: build each task's stream, embed it, run the method, write rows.
+
+Everything the user can get wrong (task of the other track, bad --llm-cost-ms, unreachable store server, bad
+data file) is reported before the stream runs. One row per looked-up request.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from cachebench import __version__, provenance
+from cachebench.errors import RunInterrupted, UsageError
+from cachebench.params import canonical_json
+from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent
+from cachebench.semantic.embedder import Embedder, load_embedder
+from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
+from cachebench.semantic.method import SemanticMethod
+from cachebench.semantic.runner import RequestResult, StreamRunner
+from cachebench.semantic.stream import Stream, StreamRequest
+from cachebench.taskspec import SEMANTIC_METRIC, TaskSpec
+
+
+def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
+    """Run the task's builder and check what every builder must deliver."""
+    builder = importlib.import_module(f"cachebench.tasks.builders.{spec.builder}")
+    stream = builder.build_stream(StreamRequest(seed=request.seed, args=spec.builder_args, limit=request.limit,
+                                                data_path=request.data))
+    stream.warmup = spec.warmup if stream.protocol == "stream" else 0.0
+    looked_up = stream.requests or [second for _, second in stream.pairs]
+    if not looked_up:
+        raise UsageError(f"task {spec.name} produced no requests")
+    for item in stream.all_requests():
+        if spec.categories and item.category not in spec.categories:
+            raise UsageError(f"task {spec.name}: request {item.request_id} has category {item.category!r}, "
+                             f"expected one of {', '.join(spec.categories)}")
+    return stream
+
+
+def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
+    kv_tasks = [spec.name for spec in specs if spec.track != "semantic"]
+    if kv_tasks:
+        raise UsageError(f"method {request.method!r} is a semantic cache; task {kv_tasks[0]} is a KV-cache task "
+                         "(see `cachebench list tasks`)")
+    if request.mode is not None:
+        raise UsageError("--mode applies to KV tasks; a semantic task's protocol comes with the task")
+    if request.limit is not None and request.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {request.limit}")
+    if request.out.exists() and not request.out.is_dir():
+        raise UsageError(f"--out {request.out}: exists and is not a directory")
+    return parse_llm_cost(request.llm_cost)
+
+
+def _llm_costs(request: EvalRequest, spec: TaskSpec, stream: Stream, given: dict[str, float]
+               ) -> tuple[dict[str, float], str]:
+    """C per category: --llm-cost-ms, else the task's, else measured with --model. Returns (costs, source)."""
+    requests = stream.requests or [second for _, second in stream.pairs]
+    categories = sorted({r.category for r in requests})
+    costs = {c: given.get(c, given.get("*", spec.llm_cost_ms.get(c, spec.llm_cost_ms.get("*")))) for c in categories}
+    missing = [c for c, cost in costs.items() if cost is None]
+    if not missing:
+        return {c: float(v) for c, v in costs.items() if v is not None}, "set"
+    from cachebench.models.loading import load_model
+
+    model = load_model(request.model, request.dtype, request.device, request.attn_impl)
+    measured = measure_llm_cost(model, requests, missing, request.max_new_tokens or spec.max_new_tokens)
+    costs.update(measured)
+    return {c: float(v) for c, v in costs.items() if v is not None}, model.name
+
+
+def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: str, llm_ms: float | None
+         ) -> dict[str, Any]:
+    request, decision = result.request, result.decision
+    wrong = result.outcome == "FP" or result.stale
+    return {
+        **identity,
+        "task": spec.name,
+        "subtask": spec.subtask,
+        "mode": spec.mode,
+        "episode_id": request.request_id,
+        "turn": result.position,
+        "category": request.category,
+        "prediction": decision.response if decision.hit else "",
+        "references": [request.response],
+        "metric": SEMANTIC_METRIC,
+        "score": None if result.error else (0.0 if wrong else 1.0),
+        "hit": None if result.error else decision.hit,
+        "outcome": result.outcome or None,
+        "similarity": decision.similarity,
+        "lookup_ms": result.lookup_ms,
+        "stale": None if result.error else result.stale,
+        "user": request.user,
+        "class_id": request.class_id,
+        "served_class": result.served_class,
+        "warmup": result.warmup,
+        "embed_ms": result.embed_ms,
+        "fetch_ms": result.fetch_ms if decision.hit else None,
+        "llm": llm,
+        "llm_ms": llm_ms,
+        "cache_entries": result.cache_entries,
+        "cache_bytes": result.cache_bytes,
+        "error": result.error,
+    }
+
+
+def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: SemanticMethod,
+                      progress: ProgressSink | None = None, embedder: Embedder | None = None) -> EvalOutcome:
+    """Run one semantic method on one task or group; returns the rows and where they were written."""
+    progress = progress or Silent()
+    given = _check(request, specs)
+    from cachebench.models.loading import resolve_device
+
+    embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
+    plan = []
+    for spec in specs:
+        stream = build_stream(spec, request)
+        costs, llm = _llm_costs(request, spec, stream, given)
+        plan.append((spec, stream, costs, llm))
+
+    created = provenance.utc_now()
+    run_id = provenance.new_run_id(created)
+    identity = {
+        "run_id": run_id,
+        "created_at": created,
+        "cachebench_version": __version__,
+        "git_sha": provenance.git_sha(),
+        "seed": request.seed,
+        "method": method.name,
+        "method_params": canonical_json(method.params),
+        "model": embedder.name,
+        "model_weights": "pretrained",
+        "dtype": "float32",
+        "device": embedder.device,
+        "hardware": provenance.hardware(torch.device("cpu")),
+        "timer": "perf_counter",
+    }
+    rows: list[dict[str, Any]] = []
+    path = request.out / f"{run_id}.parquet"
+    checkpoint = Checkpointer(path, rows)
+    errors = 0
+    try:
+        for index, (spec, stream, costs, llm) in enumerate(plan):
+            looked_up = len(stream.requests) or len(stream.pairs)
+            progress.task_started(spec.name, looked_up)
+            progress.episode_started(0, 1)
+            method.open(embedder.dim, f"{run_id}-{index}")
+            try:
+                def keep(result: RequestResult, spec: TaskSpec = spec, costs: dict[str, float] = costs,
+                         llm: str = llm) -> None:
+                    rows.append(_row(identity, spec, result, llm, costs.get(result.request.category)))
+                    progress.turn_done()
+                    checkpoint.maybe()
+
+                results = StreamRunner(method, embedder).run(stream, keep)
+                errors += sum(result.error is not None for result in results)
+            finally:
+                method.close()
+                method.__init__(method.params)  # a fresh cache for the next task
+    except KeyboardInterrupt:
+        checkpoint.flush()
+        raise RunInterrupted(path if rows else None, len(rows)) from None
+    checkpoint.flush()
+    return EvalOutcome(path if rows else None, rows, errors)
