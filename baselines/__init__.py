@@ -24,4 +24,6 @@ SEMANTIC_METHODS: dict[str, str] = {
     "exact": "semantic.exact:ExactCache",
     "threshold": "semantic.threshold:ThresholdCache",
     "category-aware": "semantic.category_aware:CategoryAwareCache",
+    "vcache": "semantic.vcache:VCache",
+    "meancache": "semantic.meancache:MeanCache",
 }

@@ -146,7 +146,7 @@ def list_methods() -> None:
     from cachebench.params import describe_params
     from cachebench.registry import method_class, method_names
 
-    table = Table("method", "summary", "parameters")
+    table = Table("method", "track", "summary", "parameters")
     for name in method_names():
         cls = method_class(name)
         params = describe_params(cls.Params)
@@ -154,7 +154,7 @@ def list_methods() -> None:
             f"{p.name}: {p.type_name} = {p.default!r}  {p.help}" + (f" ({p.constraint})" if p.constraint else "")
             for p in params
         ) or "(none)"
-        table.add_row(name, escape(cls.summary), escape(text))
+        table.add_row(name, cls.track, escape(cls.summary), escape(text))
     Console().print(table)
 
 
@@ -168,7 +168,7 @@ def list_tasks() -> None:
     from cachebench.taskspec import all_tasks, groups
 
     specs = all_tasks()
-    table = Table("task", "source", "mode", "metric", "summary")
+    table = Table("task", "source", "mode / protocol", "metric", "summary")
     for spec in specs.values():
         metric = spec.metric + "".join(f"\n{c}: {m}" for c, m in spec.metric_by_category.items())
         table.add_row(spec.name, escape(spec.source), spec.mode, metric, escape(spec.summary))

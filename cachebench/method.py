@@ -51,6 +51,7 @@ class KVMethod:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    track: ClassVar[str] = "kv"
     Params: ClassVar[type] = NoParams
     uses_layer_hook: ClassVar[bool] = False  # attention hooks cost time; only installed when a method wants them
     # A reuse method serves contexts from a store: in multi-request mode every request's context goes through its
