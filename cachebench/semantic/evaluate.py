@@ -113,14 +113,18 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     from cachebench.models.loading import resolve_device
 
     embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
-    plan = []
-    for spec in specs:
-        stream = build_stream(spec, request)
-        costs, llm = _llm_costs(request, spec, stream, given)
-        plan.append((spec, stream, costs, llm))
-
     created = provenance.utc_now()
     run_id = provenance.new_run_id(created)
+    method.open(embedder.dim, f"{run_id}-0")  # an unreachable store server fails here, before any work
+    plan = []
+    try:
+        for spec in specs:
+            stream = build_stream(spec, request)
+            costs, llm = _llm_costs(request, spec, stream, given)
+            plan.append((spec, stream, costs, llm))
+    except BaseException:
+        method.close()
+        raise
     identity = {
         "run_id": run_id,
         "created_at": created,
@@ -145,7 +149,8 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
             looked_up = len(stream.requests) or len(stream.pairs)
             progress.task_started(spec.name, looked_up)
             progress.episode_started(0, 1)
-            method.open(embedder.dim, f"{run_id}-{index}")
+            if index > 0:
+                method.open(embedder.dim, f"{run_id}-{index}")
             try:
                 def keep(result: RequestResult, spec: TaskSpec = spec, costs: dict[str, float] = costs,
                          llm: str = llm) -> None:

@@ -120,11 +120,12 @@ def _num(value: float, digits: int = 2) -> str:
     return "-" if value is None or np.isnan(value) else f"{value:.{digits}f}"
 
 
-def _interval(intervals: dict[str, tuple[float, float]], name: str) -> str:
+def _interval(intervals: dict[str, tuple[float, float]], name: str, scale: float = 100.0) -> str:
     if name not in intervals:
         return "-"
     low, high = intervals[name]
-    return f"{100 * low:.1f}–{100 * high:.1f}"
+    digits = 1 if scale == 100.0 else 2
+    return f"{scale * low:.{digits}f}–{scale * high:.{digits}f}"
 
 
 def _break_even(cost: Cost | None) -> str:
@@ -145,34 +146,45 @@ def render_semantic(cells: list[SemanticCell], console: Console) -> None:
         _render_tradeoff(task, task_cells, console)
 
 
-def _render_stream(task: str, cells: list[SemanticCell], console: Console) -> None:
-    headers = ("method", "params", "category", "n", "hit %", "err %", "err 95% CI", "prec", "recall", "F1", "F0.5",
-               "stale %", "lookup p50 ms", "p95 ms", "B/entry", "L ms", "C ms", "break-even", "saving %C", "errors")
-    table = Table(title=f"{escape(task)} (stream)", title_justify="left", box=box.SIMPLE_HEAD)
+def _table(title: str, headers: tuple[str, ...], left: int = 3) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index < 3 else "right")
+        table.add_column(header, justify="left" if index < left else "right", overflow="fold")
+    return table
+
+
+def _render_stream(task: str, cells: list[SemanticCell], console: Console) -> None:
+    quality = _table(f"{escape(task)} (stream): quality, warm-up excluded",
+                     ("method", "params", "category", "n", "hit %", "err %", "err 95% CI", "prec", "recall", "F1",
+                      "F1 95% CI", "F0.5", "stale %", "errors"))
+    cost = _table(f"{escape(task)} (stream): cost (L = embedding + lookup; C = LLM; h* = break-even hit rate)",
+                  ("method", "params", "category", "lookup p50 ms", "p95 ms", "fetch p50 ms", "bytes/entry", "L ms",
+                   "C ms", "h*", "saving % of C"))
     for cell in cells:
         params = short_params(cell.key["method"], cell.key["method_params"])
         for score in cell.categories:
-            r, cost = score.rates, score.cost
-            table.add_row(*(escape(v) for v in (
+            r, c = score.rates, score.cost
+            overall = score.category == ALL or len(cell.categories) == 1
+            quality.add_row(*(escape(v) for v in (
                 cell.key["method"], params, score.category, str(r.n), _pct(r.hit_rate), _pct(r.error_rate),
                 _interval(score.intervals, "error_rate"), _num(r.precision), _num(r.recall), _num(r.f1),
-                _num(r.f05), _pct(r.stale_rate), _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
-                _num(cell.bytes_per_entry, 0) if score.category == ALL or len(cell.categories) == 1 else "",
-                _num(cost.overhead_ms) if cost else "-", _num(cost.llm_ms, 0) if cost else "-", _break_even(cost),
-                _pct(cost.saving_share) if cost else "-", str(cell.errors) if score.category == ALL else "",
+                _interval(score.intervals, "f1", scale=1.0), _num(r.f05), _pct(r.stale_rate),
+                str(cell.errors) if overall else "",
             )))  # fmt: skip
-    console.print(table)
+            cost.add_row(*(escape(v) for v in (
+                cell.key["method"], params, score.category, _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
+                _num(c.fetch_ms, 3) if c else "-", _num(cell.bytes_per_entry, 0) if overall else "",
+                _num(c.overhead_ms) if c else "-", _num(c.llm_ms, 0) if c else "-", _break_even(c),
+                _pct(c.saving_share) if c else "-",
+            )))  # fmt: skip
+    console.print(quality)
+    console.print(cost)
 
 
 def _render_pairs(task: str, cells: list[SemanticCell], console: Console) -> None:
     headers = ("method", "params", "category", "pairs", "positives", "wrong hits", "misses", "FN", "TN", "prec",
                "recall", "F1", "lookup p50 ms", "errors")
-    table = Table(title=f"{escape(task)} (pairs: insert first, query second)", title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index < 3 else "right")
+    table = _table(f"{escape(task)} (pairs: insert first, query second)", headers)
     for cell in cells:
         params = short_params(cell.key["method"], cell.key["method_params"])
         for score in cell.categories:
