@@ -17,10 +17,12 @@ from cachebench.hub import hub_endpoint, hub_reachable
 MAX_REASON = 200
 
 
-def load_records(hub_id: str, split: str, data_path: str | None, limit: int, shape: str, config: str | None = None
-                 ) -> list[dict[str, Any]]:
+def load_records(hub_id: str, split: str, data_path: str | None, limit: int, shape: str, config: str | None = None,
+                 keep_columns: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """The first `limit` records (all when limit <= 0) of the hub split (of `config`, for datasets that have
     several), or of the local file when one is given. `shape` names the record format in messages ("MuSiQue's").
+    `keep_columns` drops the columns it rejects before the records become dicts (SemBenchmark's precomputed
+    embeddings would otherwise take gigabytes).
     """
     hub_name = f"{hub_id} {config}" if config else hub_id
     where = f"--data {data_path}" if data_path else f"{hub_name} ({split} split)"
@@ -43,6 +45,8 @@ def load_records(hub_id: str, split: str, data_path: str | None, limit: int, sha
         ) from exc
     if limit > 0:
         dataset = dataset.select(range(min(limit, len(dataset))))
+    if keep_columns is not None:
+        dataset = dataset.select_columns([name for name in dataset.column_names if keep_columns(name)])
     records = dataset.to_list()
     if not records:
         raise UsageError(f"{where}: no records")

@@ -1,0 +1,34 @@
+"""semantic.qqp: Quora Question Pairs from GLUE as a pair workload (the data GPTCache's benchmark and MeanCache
+evaluate semantic caches on).
+
+Loaded from the HF hub as `nyu-mll/glue`, config "qqp", split "validation" (40,430 labelled pairs); `--data FILE`
+takes a local JSON/JSONL/Parquet/CSV file of the same record shape:
+
+    {"question1": "How do I ...?", "question2": "What is the way to ...?", "label": 1, "idx": 17}
+
+label 1 = duplicates (same class), 0 = not duplicates (different classes). Every question1 is inserted, every
+question2 looked up. Classes are built over the texts of the whole split (semantic_pairs), so a question that
+recurs in several pairs is one class. Category "qqp".
+
+Knobs: pairs (default 2000; 0 = all), the first pairs kept in file order; --limit N lowers it.
+"""
+
+from __future__ import annotations
+
+from cachebench.semantic.stream import Stream, StreamRequest
+from cachebench.tasks.builders.semantic_knobs import check_known, count_limit
+from cachebench.tasks.builders.semantic_pairs import labelled_pairs, pair_stream
+from cachebench.tasks.builders.semantic_records import records
+
+HUB_DATASET, CONFIG, SPLIT = "nyu-mll/glue", "qqp", "validation"
+SHAPE = "GLUE QQP's"
+CATEGORY = "qqp"
+KEYS = ("question1", "question2", "label")
+
+
+def build_stream(request: StreamRequest) -> Stream:
+    """The QQP pairs, question1 inserted and question2 looked up."""
+    check_known(request.args, ("pairs",), "semantic_qqp")
+    limit = count_limit(request.args, "pairs", 2000, "semantic_qqp", request.limit)
+    rows, where = records(request.data_path, SHAPE, hub_id=HUB_DATASET, split=SPLIT, config=CONFIG)
+    return pair_stream(CATEGORY, CATEGORY, labelled_pairs(rows, where, KEYS, SHAPE), where, limit)

@@ -1,0 +1,169 @@
+"""Records of a semantic dataset from a local file (`--data FILE`) or the hub, with one-line errors that name the
+file and the record.
+
+Local files are read here rather than through HF `datasets`: its JSON loader infers one Arrow type per column and
+fails on a bad value without saying which record holds it, while a user fixing a file needs "record 12: 'label'
+must be 0 or 1". JSON arrays, JSON Lines, Parquet (pyarrow) and CSV are read; a `.gz` file may be gzip or a tar
+archive (GPTCache ships its pair files as tar.gz named .json.gz). Hub datasets still go through hub_records.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import tarfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cachebench.errors import UsageError
+from cachebench.tasks.builders.hub_records import load_records, one_line
+
+
+def records(data_path: str | None, shape: str, *, hub_id: str | None = None, split: str = "train",
+            config: str | None = None, limit: int = 0, keep: Callable[[str], bool] | None = None
+            ) -> tuple[list[dict[str, Any]], str]:
+    """The records and the name to use in messages: `data_path` when given, else the hub dataset (or a
+    UsageError saying that the task needs --data FILE when it has no hub source)."""
+    if data_path:
+        found = read_local(data_path, shape, keep)
+        return (found[:limit] if limit > 0 else found), data_path
+    if hub_id is None:
+        raise UsageError(f"this task needs --data FILE (a local file of {shape} record shape); it has no hub source")
+    where = f"{hub_id} {config}" if config else hub_id
+    return load_records(hub_id, split, None, limit, shape, config, keep_columns=keep), f"{where} ({split} split)"
+
+
+def read_local(path: str, shape: str, keep: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """Every record of a local file, as dicts; the file's format is chosen by its extension."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file (--data takes a local file of {shape} record shape)")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            found = _parquet(file, keep)
+        elif suffix == ".csv":
+            found = _csv(file)
+        else:
+            found = _json(path, _text(file))
+    except UsageError:
+        raise
+    except (OSError, UnicodeDecodeError, tarfile.TarError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read ({one_line(exc)}); expected a file of {shape} record shape") from exc
+    except Exception as exc:  # pyarrow raises its own error types for files that are not Parquet
+        raise UsageError(f"{path}: not a readable {suffix.lstrip('.') or 'data'} file ({one_line(exc)})") from exc
+    if not found:
+        raise UsageError(f"{path}: empty file, no records (expected {shape} record shape)")
+    return found
+
+
+def _text(file: Path) -> str:
+    data = file.read_bytes()
+    if file.suffix.lower() == ".gz":
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+                member = next((m for m in archive.getmembers() if m.isfile()), None)
+                extracted = archive.extractfile(member) if member is not None else None
+                data = extracted.read() if extracted is not None else b""
+        except tarfile.ReadError:
+            data = gzip.decompress(data)
+    return data.decode("utf-8")
+
+
+def _json(path: str, text: str) -> list[dict[str, Any]]:
+    """A JSON array of objects, or JSON Lines (one object per line)."""
+    body = text.strip()
+    if not body:
+        return []
+    whole = None
+    if body.startswith("{"):  # one object over several lines, or JSON Lines
+        try:
+            whole = [json.loads(body)]
+        except json.JSONDecodeError:
+            whole = None
+    if body.startswith("["):
+        try:
+            items = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        rows = list(enumerate(items, start=1))
+    elif whole is not None:
+        rows = [(1, whole[0])]
+    else:
+        rows = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((len(rows) + 1, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path} line {line_number}: invalid JSON ({exc.msg})") from None
+    for number, item in rows:
+        if not isinstance(item, dict):
+            raise UsageError(f"{path} record {number}: not a JSON object ({type(item).__name__})")
+    return [item for _, item in rows]
+
+
+def _parquet(file: Path, keep: Callable[[str], bool] | None) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(file).schema_arrow.names
+    columns = [name for name in names if keep is None or keep(name)]
+    return pq.read_table(file, columns=columns).to_pylist()
+
+
+def _csv(file: Path) -> list[dict[str, Any]]:
+    with file.open(newline="", encoding="utf-8") as handle:
+        return [dict(row) for row in csv.DictReader(handle)]
+
+
+# --- field checks --------------------------------------------------------------------------------------------------
+
+def at(where: str, number: int) -> str:
+    """How messages name a record: 1-based, as a person counts them in the file."""
+    return f"{where} record {number}"
+
+
+def text_field(record: Mapping[str, Any], key: str | tuple[str, ...], place: str, shape: str) -> str:
+    """A non-empty string field (the first present of several spellings)."""
+    keys = (key,) if isinstance(key, str) else key
+    value = next((record[name] for name in keys if record.get(name) is not None), None)
+    if value is None:
+        raise UsageError(f"{place}: missing {keys[0]!r} (expected {shape} record shape)")
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or not str(value).strip():
+        raise UsageError(f"{place}: {keys[0]!r} must be non-empty text, got {value!r}")
+    return str(value)
+
+
+def label_field(record: Mapping[str, Any], key: str, place: str, shape: str) -> int:
+    """A 0/1 label (ints, bools, and the strings "0"/"1" of a CSV)."""
+    if record.get(key) is None:
+        raise UsageError(f"{place}: missing {key!r} (expected {shape} record shape)")
+    value = record[key]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    raise UsageError(f"{place}: {key!r} must be 0 or 1, got {value!r}")
+
+
+def timestamp_field(value: Any, place: str, previous: float) -> float:
+    """A stream timestamp: a finite number of seconds, not negative, not before the previous request's."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"{place}: timestamp must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UsageError(f"{place}: timestamp must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise UsageError(f"{place}: timestamp must not be negative, got {value!r}")
+    if value < previous:
+        raise UsageError(f"{place}: timestamps go backwards ({value} after {previous})")
+    return float(value)
