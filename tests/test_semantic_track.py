@@ -69,7 +69,8 @@ def test_cost_model_break_even_and_saving():
     cost = cost_model(hit_rate=0.2, wrong_hits=1, hits=10, overhead_ms=2.0, fetch_ms=1.0, llm_ms=100.0)
     gain = 100 - 1 - 0.1 * 100  # a hit saves C - F, minus the wrong share times the penalty (default C)
     assert cost.break_even == pytest.approx(2.0 / gain)
-    assert cost.saving_ms == pytest.approx(0.2 * gain - 2.0) and cost.saving_share == pytest.approx(cost.saving_ms / 100)
+    assert cost.saving_ms == pytest.approx(0.2 * gain - 2.0)
+    assert cost.saving_share == pytest.approx(cost.saving_ms / 100)
     remote = cost_model(0.2, 1, 10, overhead_ms=30.0, fetch_ms=1.0, llm_ms=100.0)
     assert remote.break_even > 10 * cost.break_even  # the paper's point: lookup cost sets the break-even hit rate
     assert np.isinf(cost_model(0.5, 5, 5, 2.0, 1.0, 100.0).break_even)  # every hit wrong: never pays
