@@ -9,7 +9,7 @@ import pytest
 
 from cachebench.errors import UsageError
 from cachebench.params import NoParams, canonical_json, describe_params, param, parse_params
-from cachebench.registry import build_method, method_class, method_names
+from cachebench.registry import build_method, method_class, method_names, method_track
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def test_canonical_json_is_stable_and_describes_fields():
 def test_registry_resolves_only_implemented_methods():
     assert method_names() == sorted(["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv",
                                      "tokenselect", "razorattention", "prefix", "naive-concat", "kvlink",
-                                     "cacheblend"])
+                                     "cacheblend", "exact", "threshold", "category-aware", "meancache", "vcache"])
     for name in method_names():  # every entry imports, names itself, and builds with default parameters
         assert method_class(name).name == name
+        assert method_class(name).track == method_track(name)
         build_method(name, [])
     assert canonical_json(build_method("full", []).params) == "{}"
     with pytest.raises(UsageError, match="did you mean 'full'"):
