@@ -26,6 +26,7 @@ from typing import Any
 THRESHOLDS = [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]
 OTHERS = ["exact", "category-aware", "meancache", "vcache"]
 STORES = ["memory", "sqlite", "redis", "chroma"]
+OTHER_COSTS = [1000, 200, 50, 20]  # ms: a CPU-served small model down to a fast hosted API
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,6 +64,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
     from cachebench.results import to_table
     from cachebench.semantic.report import ALL, summarize_semantic, tradeoff
+    from cachebench.semantic.scoring import cost_model
 
     table = to_table(rows) if not isinstance(rows, pa.Table) else rows
     cells = summarize_semantic(table)
@@ -111,6 +113,20 @@ def render(rows: list[dict[str, Any]]) -> str:
                        f"{cost.fetch_ms:.3f} | {cost.overhead_ms:.2f} | {cost.llm_ms:.0f} | {h_star} | "
                        f"{_pct(score.rates.hit_rate)} | {_pct(cost.saving_share)} | "
                        f"{cell.bytes_per_entry:.0f} |")
+    out += ["", "### Break-even hit rate h* over the whole stream at other LLM costs C (the measured L, F and q)", "",
+            "| method [store] | L ms | F ms | " + " | ".join(f"h* at C = {c} ms" for c in OTHER_COSTS) + " |",
+            "|---|---|---|" + "---|" * len(OTHER_COSTS)]
+    for cell in stores:
+        score = next(s for s in cell.categories if s.category == ALL)
+        if score.cost is None:
+            continue
+        r, base = score.rates, score.cost
+        rows_h = []
+        for c in OTHER_COSTS:
+            cost = cost_model(r.hit_rate, r.fp + r.stale, r.tp + r.fp, base.overhead_ms, base.fetch_ms, float(c))
+            rows_h.append("never" if cost.break_even == float("inf") else f"{100 * cost.break_even:.1f}%")
+        out.append(f"| {_label(cell.key)} | {base.overhead_ms:.2f} | {base.fetch_ms:.3f} | " + " | ".join(rows_h)
+                   + " |")
     return "\n".join(out)
 
 
