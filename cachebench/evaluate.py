@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cachebench import __version__, provenance
+from cachebench import provenance
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.measure import Clock
 from cachebench.engine.runner import (
@@ -33,10 +33,9 @@ from cachebench.method import KVMethod
 from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
-from cachebench.params import canonical_json
 from cachebench.registry import build_method, method_track
 from cachebench.results import REUSE_TIERS
-from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent
+from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent, run_identity
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
 
 
@@ -183,29 +182,16 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
         episodes = build_episodes(spec, request, model)
         plan.append((spec, settings, prepare_episodes(episodes, spec, model, chat, settings)))
 
-    created = provenance.utc_now()
-    run_id = provenance.new_run_id(created)
-    identity = {
-        "run_id": run_id,
-        "created_at": created,
-        "cachebench_version": __version__,
-        "git_sha": provenance.git_sha(),
-        "seed": request.seed,
-        "method": method.name,
-        "method_params": canonical_json(method.params),
-        "model": model.name,
-        "model_weights": model.weights,
-        "dtype": model.dtype_name,
-        "device": str(model.device),
-        "hardware": provenance.hardware(model.device),
-        "attn_impl": model.attn_impl,
-        "timer": Clock(model.device).method,
-    }
+    name, identity = run_identity(
+        request.seed, method, model=model.name, model_weights=model.weights, dtype=model.dtype_name,
+        device=str(model.device), hardware=provenance.hardware(model.device), attn_impl=model.attn_impl,
+        timer=Clock(model.device).method,
+    )
     warm_up(model)
     method.attach(model)
 
     rows: list[dict[str, Any]] = []
-    path = request.out / f"{run_id}.parquet"
+    path = request.out / name
     checkpoint = Checkpointer(path, rows)
     errors = 0
     try:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cachebench import __version__, provenance
+from cachebench.params import canonical_json
 from cachebench.results import write_atomic
 
 
@@ -78,3 +80,21 @@ class Checkpointer:
         self._last = time.monotonic()
 
 
+
+
+def run_identity(seed: int, method: Any, **what_ran: Any) -> tuple[Path, dict[str, Any]]:
+    """A new run's id (the file name) and the identity columns every row of it carries: when, which code, which
+    seed and method, and `what_ran` (model, dtype, device, hardware, timer, ...)."""
+    created = provenance.utc_now()
+    run_id = provenance.new_run_id(created)
+    identity = {
+        "run_id": run_id,
+        "created_at": created,
+        "cachebench_version": __version__,
+        "git_sha": provenance.git_sha(),
+        "seed": seed,
+        "method": method.name,
+        "method_params": canonical_json(method.params),
+        **what_ran,
+    }
+    return Path(f"{run_id}.parquet"), identity

@@ -57,6 +57,20 @@ _REQUIRED = ("family", "subtask", "summary", "builder", "source", "mode", "metri
 _REQUIRED_SEMANTIC = ("family", "subtask", "summary", "builder", "source", "protocol", "categories")
 
 
+def _identity(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields every task has, whichever track: its name, where it comes from and how it is built."""
+    return {
+        "name": f"{data['family']}.{data['subtask']}",
+        "family": data["family"],
+        "subtask": data["subtask"],
+        "summary": data["summary"],
+        "groups": tuple(data.get("groups", ())),
+        "builder": data["builder"],
+        "builder_args": dict(data.get("args", {}) or {}),
+        "source": data["source"],
+    }
+
+
 def _parse_semantic(data: dict[str, Any], origin: str) -> TaskSpec:
     """A semantic task: a builder of request streams, its protocol (the task's `mode`) and categories."""
     from cachebench.semantic.stream import PROTOCOLS
@@ -70,14 +84,7 @@ def _parse_semantic(data: dict[str, Any], origin: str) -> TaskSpec:
     if not 0.0 <= warmup < 1.0:
         raise ValueError(f"{origin}: warmup must be in [0, 1)")
     return TaskSpec(
-        name=f"{data['family']}.{data['subtask']}",
-        family=data["family"],
-        subtask=data["subtask"],
-        summary=data["summary"],
-        groups=tuple(data.get("groups", ())),
-        builder=data["builder"],
-        builder_args=dict(data.get("args", {}) or {}),
-        source=data["source"],
+        **_identity(data),
         mode=data["protocol"],
         metric=SEMANTIC_METRIC,
         max_new_tokens=int(data.get("max_new_tokens", 64)),  # when the LLM's cost is measured per category
@@ -104,14 +111,7 @@ def _parse(text: str, origin: str) -> TaskSpec:
         raise ValueError(f"{origin}: mode must be one of {MODES}")
     template = data["template"]
     return TaskSpec(
-        name=f"{data['family']}.{data['subtask']}",
-        family=data["family"],
-        subtask=data["subtask"],
-        summary=data["summary"],
-        groups=tuple(data.get("groups", ())),
-        builder=data["builder"],
-        builder_args=dict(data.get("args", {}) or {}),
-        source=data["source"],
+        **_identity(data),
         mode=data["mode"],
         metric=data["metric"],
         max_new_tokens=int(data["max_new_tokens"]),

@@ -78,6 +78,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env)
 
 
+def assert_usage_error(result: subprocess.CompletedProcess, message: str, out: Path) -> None:
+    """Bad input: exit code 2, one line on stderr that says `message`, no traceback, nothing written to `out`."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert not list(out.glob("*.parquet"))
+
+
 def run_task(model, method, task="multiturn.passkey", mode=None, episodes=2, context_tokens=None, golden=False,
              seed=0, compression="query-agnostic"):
     """Run `method` on a few episodes of a task in-process on `model`; returns prepared episodes, measures, scores."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, REPO, run_cli
+from conftest import CLI, REPO, assert_usage_error, run_cli
 
 from cachebench.models.embedded import converted_dir
 from cachebench.results import REUSE_COLUMNS, SCHEMA, SCHEMA_VERSION, SEMANTIC_COLUMNS
@@ -130,11 +130,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m[:30] for _, m in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = run_cli("eval", *args, "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
-    assert not list(tmp_path.glob("*.parquet"))
+    assert_usage_error(result, message, tmp_path)
 
 
 def test_show_rejects_missing_and_foreign_files(tmp_path):

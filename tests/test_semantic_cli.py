@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, assert_usage_error, run_cli
 from semantic_servers import chroma_url, redis_url  # noqa: F401
 
 from cachebench.results import SCHEMA_VERSION
@@ -122,11 +122,7 @@ BAD = [
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[m[:30] for _, m in BAD])
 def test_bad_semantic_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = run_cli("eval", *args, "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
-    assert not list(tmp_path.glob("*.parquet"))
+    assert_usage_error(result, message, tmp_path)
 
 
 def test_malformed_stream_file_names_file_and_record(tmp_path):

@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from cachebench import __version__, provenance
+from cachebench import provenance
 from cachebench.errors import RunInterrupted, UsageError
-from cachebench.params import canonical_json
-from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent
+from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent, run_identity
 from cachebench.semantic.embedder import Embedder, load_embedder
 from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
 from cachebench.semantic.method import SemanticMethod
@@ -113,8 +112,11 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     from cachebench.models.loading import resolve_device
 
     embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
-    created = provenance.utc_now()
-    run_id = provenance.new_run_id(created)
+    name, identity = run_identity(
+        request.seed, method, model=embedder.name, model_weights="pretrained", dtype="float32",
+        device=embedder.device, hardware=provenance.hardware(torch.device("cpu")), timer="perf_counter",
+    )
+    run_id = identity["run_id"]
     method.open(embedder.dim, f"{run_id}-0")  # an unreachable store server fails here, before any work
     plan = []
     try:
@@ -125,23 +127,8 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     except BaseException:
         method.close()
         raise
-    identity = {
-        "run_id": run_id,
-        "created_at": created,
-        "cachebench_version": __version__,
-        "git_sha": provenance.git_sha(),
-        "seed": request.seed,
-        "method": method.name,
-        "method_params": canonical_json(method.params),
-        "model": embedder.name,
-        "model_weights": "pretrained",
-        "dtype": "float32",
-        "device": embedder.device,
-        "hardware": provenance.hardware(torch.device("cpu")),
-        "timer": "perf_counter",
-    }
     rows: list[dict[str, Any]] = []
-    path = request.out / f"{run_id}.parquet"
+    path = request.out / name
     checkpoint = Checkpointer(path, rows)
     errors = 0
     try:
