@@ -89,8 +89,7 @@ class StreamRunner:
         return Query(prompt=request.prompt, embedding=self._vector_of[request.prompt], category=request.category,
                      user=request.user, timestamp=request.timestamp, context=tuple(context))
 
-    def _lookup(self, request: Request, position: int, warmup: bool) -> RequestResult:
-        query = self.query(request)
+    def _lookup(self, query: Query, request: Request, position: int, warmup: bool) -> RequestResult:
         start = time.perf_counter()
         decision = self.method.lookup(query)
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -127,9 +126,10 @@ class StreamRunner:
         results = []
         for position, request in enumerate(stream.requests):
             try:
-                result = self._lookup(request, position, position < warm)
+                query = self.query(request)
+                result = self._lookup(query, request, position, position < warm)
                 if not result.decision.hit:
-                    key = self.method.record_miss(self.query(request), request.response, result.decision)
+                    key = self.method.record_miss(query, request.response, result.decision)
                     self._remember(key, request)
                 result = self._finish(result)
             except Exception as exc:  # a store that failed mid-run: the row says so, the run goes on
@@ -146,9 +146,10 @@ class StreamRunner:
         results = []
         for position, (_, second) in enumerate(stream.pairs):
             try:
-                result = self._lookup(second, position, False)
+                query = self.query(second)
+                result = self._lookup(query, second, position, False)
                 if not result.decision.hit:
-                    self.method.feedback(self.query(second), second.response, result.decision)
+                    self.method.feedback(query, second.response, result.decision)
                 result = self._finish(result)
             except Exception as exc:
                 result = self._failed(second, position, False, exc)
