@@ -9,8 +9,10 @@ import subprocess
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def new_run_id(now: datetime) -> str:
@@ -54,6 +56,8 @@ def _cpu_name() -> str:
 
 def hardware(device: torch.device) -> str:
     """A short description of the device that ran the numbers."""
+    import torch  # lazily: the CLI imports this module and should start without loading torch
+
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from cachebench import __version__, provenance
 from cachebench.params import canonical_json
-from cachebench.results import write_atomic
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,8 @@ class Checkpointer:
 
     def flush(self) -> None:
         if self.rows:
+            from cachebench.results import write_atomic  # pyarrow, lazily: the CLI imports this module
+
             write_atomic(self.rows, self.path)
         self._last = time.monotonic()
 
