@@ -1,0 +1,360 @@
+"""`cachebench gate`: does a candidate run regress against a baseline run?
+
+Both sides are result files. Rows are grouped into cells (task, method, params, model, mode, compression) and
+paired item by item, so the comparison is about the change, not about which items happened to run. A cell fails
+only when the score drop is larger than the tolerance with the chosen confidence (paired bootstrap, resampling
+whole episodes because the turns of one episode are correlated), or when a requested cost check is exceeded: a
+noisy difference on a few items never blocks a pull request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cachebench.errors import UsageError
+from cachebench.results import read_results
+from cachebench.show import request_ttft
+from cachebench.taskspec import SEMANTIC_METRIC
+
+CELL_KEY = ("task", "method", "method_params", "model", "mode", "compression")
+_COLUMNS = (*CELL_KEY, "seed", "episode_id", "turn", "metric", "score", "error", "warmup", "prefill_ms", "ttft_ms",
+            "kv_bytes")
+_FAILING_FIRST = {"missing": 0, "incomparable": 1, "regressed": 2, "improved": 3, "new": 4, "unchanged": 5}
+_BOOTSTRAP_CHUNK = 1 << 22  # cluster picks drawn at once: bounds memory on cells of many thousand items
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """What counts as a regression; every field is a `cachebench gate` option of the same name."""
+
+    tolerance: float = 0.02  # absolute score drop that is tolerated
+    confidence: float = 0.95  # of the two-sided bootstrap interval of (candidate - baseline)
+    max_ttft_ratio: float | None = None  # candidate / baseline mean request TTFT; None: not checked
+    max_kv_ratio: float | None = None  # candidate / baseline mean kv_bytes; None: not checked
+    allow_missing: bool = False  # a baseline cell absent (or with nothing comparable) in the candidate passes
+    allow_new_errors: bool = False  # rows failing only in the candidate pass
+    resamples: int = 2000
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse options that make the verdict meaningless, naming the CLI option."""
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise UsageError(f"--tolerance must be a number >= 0, got {self.tolerance}")
+        if not 0 < self.confidence < 1:
+            raise UsageError(f"--confidence must be between 0 and 1 (exclusive), got {self.confidence}")
+        for name, ratio in (("--max-ttft-ratio", self.max_ttft_ratio), ("--max-kv-ratio", self.max_kv_ratio)):
+            if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
+                raise UsageError(f"{name} must be a number > 0, got {ratio}")
+        if self.resamples < 100:
+            raise UsageError(f"--resamples must be at least 100, got {self.resamples}")
+
+
+@dataclass
+class CellResult:
+    """The verdict on one cell. Scores, difference and interval are over the matched items only."""
+
+    key: dict[str, str | None]
+    status: str  # regressed | improved | unchanged | missing (baseline only) | new (candidate only) | incomparable
+    failed: bool
+    reasons: list[str] = field(default_factory=list)
+    matched: int = 0  # items scored without error on both sides
+    clusters: int = 0  # resampling units among them: episodes (KV) or requests (semantic)
+    baseline_only: int = 0  # items of this cell present only in the baseline
+    candidate_only: int = 0
+    baseline_errors: int = 0  # items present on both sides that failed in the baseline
+    candidate_errors: int = 0
+    new_errors: int = 0  # items that succeeded in the baseline and failed in the candidate
+    baseline_score: float = math.nan
+    candidate_score: float = math.nan
+    difference: float = math.nan  # candidate - baseline
+    low: float = math.nan
+    high: float = math.nan
+    ttft_ratio: float = math.nan
+    kv_ratio: float = math.nan
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    cells: list[CellResult]
+    options: GateOptions
+    baseline: list[str]
+    candidate: list[str]
+
+    def count(self, status: str) -> int:
+        return sum(cell.status == status for cell in self.cells)
+
+    @property
+    def failed_cells(self) -> list[CellResult]:
+        return [cell for cell in self.cells if cell.failed]
+
+
+@dataclass
+class _Item:
+    score: float | None  # mean over the side's error-free rows of the item; None when every row failed
+    ttft: float
+    kv: float
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+
+
+def _load(paths: Sequence[Path], side: str) -> tuple[dict[tuple, dict[tuple, _Item]], set[tuple]]:
+    """cell key -> item key -> item for one side, and the semantic-cache cells among them. Semantic warm-up rows
+    are left out, as `show` leaves them out of scores."""
+    try:
+        table = read_results(paths)
+    except UsageError as exc:
+        raise UsageError(f"--{side}: {exc}") from None
+    if table.num_rows == 0:
+        raise UsageError(f"--{side}: no result rows in {', '.join(map(str, paths))}")
+    data = table.select(list(_COLUMNS)).to_pydict()
+    rows: dict[tuple, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
+    semantic: set[tuple] = set()
+    for row in range(table.num_rows):
+        cell = tuple(data[name][row] for name in CELL_KEY)
+        if data["metric"][row] == SEMANTIC_METRIC:
+            semantic.add(cell)
+            if data["warmup"][row]:
+                continue
+        # the seed is part of the item: generated tasks (and semantic request ids) reuse ids across seeds
+        rows[cell][(data["seed"][row], data["episode_id"][row], data["turn"][row])].append(row)
+    cells = {cell: {item: _item(data, indices) for item, indices in items.items()} for cell, items in rows.items()}
+    return cells, semantic
+
+
+def _item(data: dict[str, list[Any]], indices: list[int]) -> _Item:
+    """One item from its rows on one side; repeated runs of the same item are averaged."""
+    ok = [i for i in indices if data["error"][i] is None and data["score"][i] is not None]
+    if not ok:
+        return _Item(None, math.nan, math.nan)
+    ttfts = [request_ttft(data["mode"][i], data["turn"][i], data["prefill_ms"][i], data["ttft_ms"][i]) for i in ok]
+    kvs = [math.nan if data["kv_bytes"][i] is None else float(data["kv_bytes"][i]) for i in ok]
+    return _Item(float(np.mean([data["score"][i] for i in ok])), _nanmean(ttfts), _nanmean(kvs))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# --- statistics --------------------------------------------------------------------------------------------------
+
+
+def paired_bootstrap(differences: Sequence[float], clusters: Sequence[Any], resamples: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the paired differences and its percentile interval, resampling whole clusters with replacement.
+
+    With fewer than two clusters nothing can be resampled and the interval is NaN (undecided)."""
+    values = np.asarray(differences, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    _, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    sums = np.bincount(index, weights=values)
+    counts = np.bincount(index).astype(float)
+    mean = float(values.mean())
+    k = len(sums)
+    if k < 2:
+        return mean, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, _BOOTSTRAP_CHUNK // k)
+    for start in range(0, resamples, step):
+        picks = rng.integers(0, k, size=(min(step, resamples - start), k))
+        means[start:start + len(picks)] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return mean, float(low), float(high)
+
+
+def _ratio(candidate: list[float], baseline: list[float]) -> float:
+    """Mean candidate / mean baseline over the items where both are measured; NaN when nothing is."""
+    pairs = [(c, b) for c, b in zip(candidate, baseline, strict=True) if math.isfinite(c) and math.isfinite(b)]
+    if not pairs:
+        return math.nan
+    base = float(np.mean([b for _, b in pairs]))
+    return float(np.mean([c for c, _ in pairs])) / base if base > 0 else math.nan
+
+
+# --- judging -----------------------------------------------------------------------------------------------------
+
+
+def _judge(key: tuple, base: dict[tuple, _Item], cand: dict[tuple, _Item], semantic: bool,
+           options: GateOptions) -> CellResult:
+    cell = CellResult(key=dict(zip(CELL_KEY, key, strict=True)), status="unchanged", failed=False)
+    common = sorted(set(base) & set(cand), key=lambda item: tuple(map(str, item)))
+    cell.baseline_only = len(set(base) - set(cand))
+    cell.candidate_only = len(set(cand) - set(base))
+    cell.baseline_errors = sum(base[i].score is None for i in common)
+    cell.candidate_errors = sum(cand[i].score is None for i in common)
+    cell.new_errors = sum(base[i].score is not None and cand[i].score is None for i in common)
+    matched = [i for i in common if base[i].score is not None and cand[i].score is not None]
+    cell.matched = len(matched)
+    new_errors = f"{cell.new_errors} item(s) fail only in the candidate"
+    if not matched:
+        cell.status = "incomparable"
+        if not options.allow_missing:
+            cell.reasons.append("no item scored without error on both sides")
+        if cell.new_errors and not options.allow_new_errors:
+            cell.reasons.append(new_errors)
+        cell.failed = bool(cell.reasons)
+        return cell
+    clusters = [item if semantic else item[:2] for item in matched]  # (seed, episode_id) or the item itself
+    cell.clusters = len(set(clusters))
+    baseline_scores = [base[i].score for i in matched]
+    candidate_scores = [cand[i].score for i in matched]
+    cell.baseline_score = float(np.mean(baseline_scores))
+    cell.candidate_score = float(np.mean(candidate_scores))
+    differences = np.asarray(candidate_scores, dtype=float) - np.asarray(baseline_scores, dtype=float)
+    cell.difference, cell.low, cell.high = paired_bootstrap(differences, clusters, options.resamples,
+                                                            options.confidence, options.seed)
+    if cell.high < -options.tolerance:
+        cell.status = "regressed"
+        cell.reasons.append(f"score dropped by more than {options.tolerance:g} at {options.confidence:.0%}")
+    elif cell.low > options.tolerance:
+        cell.status = "improved"
+    cell.ttft_ratio = _ratio([cand[i].ttft for i in matched], [base[i].ttft for i in matched])
+    cell.kv_ratio = _ratio([cand[i].kv for i in matched], [base[i].kv for i in matched])
+    if options.max_ttft_ratio is not None and cell.ttft_ratio > options.max_ttft_ratio:
+        cell.reasons.append(f"TTFT ×{cell.ttft_ratio:.2f} > {options.max_ttft_ratio:g}")
+    if options.max_kv_ratio is not None and cell.kv_ratio > options.max_kv_ratio:
+        cell.reasons.append(f"KV bytes ×{cell.kv_ratio:.2f} > {options.max_kv_ratio:g}")
+    if cell.new_errors and not options.allow_new_errors:
+        cell.reasons.append(new_errors)
+    cell.failed = bool(cell.reasons)
+    return cell
+
+
+def run_gate(baseline: Sequence[Path], candidate: Sequence[Path], options: GateOptions | None = None) -> GateResult:
+    """Compare every cell the two sides hold; raises UsageError when there is nothing usable to compare."""
+    options = options or GateOptions()
+    options.check()
+    (base, base_semantic), (cand, cand_semantic) = _load(baseline, "baseline"), _load(candidate, "candidate")
+    common = set(base) & set(cand)
+    if not common:
+        raise UsageError(f"baseline ({len(base)} cells) and candidate ({len(cand)} cells) share no cell "
+                         f"({', '.join(CELL_KEY)})")
+    semantic = base_semantic | cand_semantic
+    cells = [_judge(key, base[key], cand[key], key in semantic, options) for key in common]
+    if all(cell.matched + cell.baseline_errors + cell.candidate_errors == 0 for cell in cells):
+        raise UsageError("the common cells share no item (seed, episode_id, turn); were both runs made with the "
+                         "same seed and tasks?")
+    for key in set(base) - common:
+        cells.append(CellResult(key=dict(zip(CELL_KEY, key, strict=True)), status="missing",
+                                failed=not options.allow_missing,
+                                reasons=[] if options.allow_missing else ["not in the candidate"],
+                                baseline_only=len(base[key])))
+    for key in set(cand) - common:
+        cells.append(CellResult(key=dict(zip(CELL_KEY, key, strict=True)), status="new", failed=False,
+                                candidate_only=len(cand[key])))
+    cells.sort(key=lambda c: (not c.failed, _FAILING_FIRST[c.status], tuple(str(v or "") for v in c.key.values())))
+    return GateResult(passed=not any(cell.failed for cell in cells), cells=cells, options=options,
+                      baseline=[str(p) for p in baseline], candidate=[str(p) for p in candidate])
+
+
+# --- reporting ---------------------------------------------------------------------------------------------------
+
+
+def _summary(result: GateResult) -> str:
+    options = result.options
+    verdict = "PASS" if result.passed else "FAIL"
+    counts = ", ".join(f"{result.count(s)} {s}" for s in ("regressed", "improved", "unchanged", "missing", "new",
+                                                           "incomparable") if result.count(s) or s == "regressed")
+    return (f"**{verdict}**: {len(result.failed_cells)} of {len(result.cells)} cells failing ({counts}); "
+            f"tolerance {options.tolerance:g} at {options.confidence:.0%} confidence")
+
+
+def _md(text: Any) -> str:
+    """A table cell's text, with the characters that would break a Markdown table escaped."""
+    return "-" if text is None or text == "" else str(text).replace("\\", "\\\\").replace("|", "\\|").replace(
+        "\n", " ")
+
+
+def _number(value: float, digits: int = 3, signed: bool = False) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _difference(cell: CellResult) -> str:
+    """Δ and its interval; the interval is left out where it could not be estimated (fewer than two clusters)."""
+    text = _number(cell.difference, signed=True)
+    if math.isfinite(cell.low):
+        text += f" [{_number(cell.low, signed=True)}, {_number(cell.high, signed=True)}]"
+    return text
+
+
+def _row(cell: CellResult) -> str:
+    key = cell.key
+    n = f"{cell.matched} ({cell.clusters} clusters)" if cell.matched else "0"
+    skipped = [f"{count} {what}" for count, what in ((cell.baseline_only, "baseline only"),
+                                                     (cell.candidate_only, "candidate only"),
+                                                     (cell.baseline_errors, "baseline errors"),
+                                                     (cell.candidate_errors, "candidate errors")) if count]
+    if cell.matched and not math.isfinite(cell.low):
+        skipped.append("one cluster: no interval, not judged")
+    notes = "; ".join([*cell.reasons, *skipped])
+    values = (cell.status, key["task"], key["method"], f"`{key['method_params']}`", key["model"], key["mode"],
+              key["compression"], _number(cell.baseline_score), _number(cell.candidate_score), _difference(cell), n,
+              _number(cell.ttft_ratio, 2), _number(cell.kv_ratio, 2), notes)
+    return "| " + " | ".join(_md(v) for v in values) + " |"
+
+
+def _table(cells: list[CellResult], confidence: float) -> list[str]:
+    header = ("status", "task", "method", "params", "model", "mode", "compression", "baseline", "candidate",
+              f"Δ [{confidence:.0%} CI]", "n matched", "TTFT ×", "KV ×", "notes")
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *(_row(cell) for cell in cells)]
+
+
+def render_markdown(result: GateResult) -> str:
+    """The report as a pull-request comment: verdict, failing cells, then every other cell."""
+    lines = [f"### cachebench gate: {'PASS' if result.passed else 'FAIL'}", "", _summary(result), "",
+             f"Baseline: {', '.join(f'`{p}`' for p in result.baseline)}; candidate: "
+             f"{', '.join(f'`{p}`' for p in result.candidate)}. Scores are means over items scored on both sides; "
+             "Δ = candidate − baseline with its paired bootstrap interval.", ""]
+    failing = result.failed_cells
+    rest = [cell for cell in result.cells if not cell.failed]
+    if failing:
+        lines += ["#### Failing cells", "", *_table(failing, result.options.confidence), ""]
+    if rest:
+        lines += ["#### Other cells" if failing else "#### Cells", "", *_table(rest, result.options.confidence), ""]
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def to_json(result: GateResult) -> dict[str, Any]:
+    """The report as plain JSON data (NaN becomes null)."""
+    return {
+        "passed": result.passed,
+        "summary": _summary(result).replace("**", ""),
+        "baseline": result.baseline,
+        "candidate": result.candidate,
+        "options": asdict(result.options),
+        "cells": [{name: _finite(value) for name, value in asdict(cell).items()} for cell in result.cells],
+    }
+
+
+def gate_command(baseline: Sequence[Path], candidate: Sequence[Path], options: GateOptions,
+                 json_path: Path | None = None) -> int:
+    """What `cachebench gate` does: print the Markdown report, write the JSON, return the exit code (0 or 1)."""
+    result = run_gate(baseline, candidate, options)
+    if json_path is not None:
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(to_json(result), indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--json {json_path}: cannot write ({exc.strerror or exc})") from None
+    print(render_markdown(result))
+    return 0 if result.passed else 1
+
