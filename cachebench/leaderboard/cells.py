@@ -1,0 +1,84 @@
+"""What the leaderboard shows: one cell per method setting on a task and model, with where its rows came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cachebench.semantic.report import CategoryScore, SemanticCell
+
+Curve = tuple[list[tuple[float, float]], float]  # (error rate, hit rate) points of a sweep, area under its frontier
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Enough to trace a cell's numbers back to runs: who ran what, where, when, from which files."""
+
+    rows: int
+    model_weights: tuple[str, ...]
+    hardware: tuple[str, ...]
+    versions: tuple[str, ...]
+    git_shas: tuple[str, ...]
+    first_run: datetime | None
+    last_run: datetime | None
+    run_ids: tuple[str, ...]
+    sources: tuple[Path, ...]
+
+
+@dataclass
+class KVCell:
+    """A KV method setting on (task, model, mode, compression); ratios are to `full` on the items both ran."""
+
+    family: str
+    task: str
+    method: str
+    method_params: str
+    model: str
+    mode: str
+    compression: str
+    score: float
+    low: float
+    high: float
+    n: int  # rows scored
+    errors: int  # rows without a score
+    kv_bytes: float  # mean over scored rows
+    request_ttft_ms: float  # mean over scored rows (cachebench.show.request_ttft)
+    kv_ratio: float  # mean kv_bytes over the `full` cell's, on matched (episode_id, turn) items only
+    ttft_ratio: float  # the same for request TTFT
+    matched: int  # items matched with the `full` cell (0: no baseline, ratios NaN)
+    random_weights: bool  # time and memory only: the score means nothing
+    reused: bool  # a reuse method: some request loaded KV from a store
+    provenance: Provenance
+    pareto: bool = False  # on the quality-versus-KV-memory front of its (task, model, mode, compression) group
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        """The cells compared with each other (and with one `full` baseline)."""
+        return self.task, self.model, self.mode, self.compression
+
+
+@dataclass
+class SemanticEntry:
+    """A semantic-cache setting, scored by cachebench.semantic.report's own types (overall score last)."""
+
+    family: str
+    cell: SemanticCell
+    provenance: Provenance
+
+    @property
+    def overall(self) -> CategoryScore:
+        return self.cell.categories[-1]
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        return self.cell.key["task"], self.cell.key["model"], self.cell.key["mode"]
+
+
+@dataclass
+class Leaderboard:
+    rows: int
+    sources: list[Path]
+    kv: list[KVCell] = field(default_factory=list)
+    semantic: list[SemanticEntry] = field(default_factory=list)
+    curves: dict[tuple[str, str, str], dict[str, Curve]] = field(default_factory=dict)  # per semantic group
