@@ -1,6 +1,7 @@
 """The `cachebench` command line. Heavy modules are imported inside the commands, so `--help` starts fast.
 
-Exit codes: 0 success, 1 a run finished with failed rows, 2 bad input (one line on stderr), 130 interrupted.
+Exit codes: 0 success, 1 a run finished with failed rows (or `gate` found a regression), 2 bad input (one line on
+stderr), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from cachebench.errors import RunInterrupted, UsageError
+from cachebench.suite_cli import register as register_suite
 
 app = typer.Typer(
     help="Benchmark and evaluation suite for LLM caching methods.",
@@ -23,6 +25,7 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="List what can be run.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
+register_suite(app)
 
 
 class _RichProgress:
@@ -134,6 +137,49 @@ def show_command(
     if false_hit_ms is not None and false_hit_ms < 0:
         raise UsageError(f"--false-hit-ms must be >= 0, got {false_hit_ms}")
     show(paths, console_for_tables(), false_hit_ms)
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    paths: Annotated[list[Path], typer.Argument(help="Result files or directories (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Directory for index.html (created if missing).")] = Path("leaderboard"),
+) -> None:
+    """Write a self-contained HTML leaderboard (tables, SVG charts, provenance) of the result files to OUT/index.html:
+    it opens from file:// with no network."""
+    try:
+        from cachebench.leaderboard import build_site
+    except ImportError as exc:
+        raise UsageError(f"the leaderboard needs the report extra: pip install 'cachebench[report]' ({exc})") from None
+    print(build_site(paths, out))
+
+
+@app.command("gate")
+def gate_command(
+    baseline: Annotated[list[Path], typer.Option(help="Baseline result files or directories; repeatable.")],
+    candidate: Annotated[list[Path], typer.Option(help="Candidate result files or directories; repeatable.")],
+    tolerance: Annotated[float, typer.Option(help="Score drop (absolute) that is tolerated.")] = 0.02,
+    confidence: Annotated[float, typer.Option(help="Confidence of the bootstrap interval of the difference.")] = 0.95,
+    max_ttft_ratio: Annotated[float | None, typer.Option(help="Fail a cell whose mean request TTFT grew by more than "
+                                                              "this factor.")] = None,
+    max_kv_ratio: Annotated[float | None, typer.Option(help="Fail a cell whose mean KV bytes grew by more than this "
+                                                            "factor.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Baseline cells absent from the candidate do not fail.")] = False,
+    allow_new_errors: Annotated[bool, typer.Option(help="Rows failing only in the candidate do not fail.")] = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Compare a candidate run with a baseline cell by cell (paired bootstrap on the same items); exit 1 when a cell
+    regressed, 2 on unusable input. Prints a Markdown report fit for a pull-request comment."""
+    from cachebench.gate import GateOptions
+    from cachebench.gate import gate_command as run_gate_command
+
+    options = GateOptions(tolerance=tolerance, confidence=confidence, max_ttft_ratio=max_ttft_ratio,
+                          max_kv_ratio=max_kv_ratio, allow_missing=allow_missing, allow_new_errors=allow_new_errors,
+                          resamples=resamples, seed=seed)
+    code = run_gate_command(baseline, candidate, options, json_path)
+    if code:
+        raise typer.Exit(code)
 
 
 @list_app.command("methods")
