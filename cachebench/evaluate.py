@@ -127,6 +127,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measur
         **_tier_columns(measure),
         "kv_bytes": measure.kv_bytes,
         "peak_mem_bytes": measure.peak_mem_bytes,
+        "peak_kv_bytes": measure.peak_kv_bytes,
         "prefill_ms": measure.prefill_ms,
         "ttft_ms": measure.ttft_ms,
         "decode_ms_per_token": measure.decode_ms_per_token,
@@ -151,8 +152,8 @@ def _failed_turns(prepared: PreparedEpisode, error: str) -> list[TurnMeasure]:
         TurnMeasure(
             episode_id=prepared.episode.episode_id, turn=index, category=turn.category, prediction="",
             context_tokens=len(prepared.context_ids), prompt_tokens=0, output_tokens=0, reused_tokens=0,
-            recomputed_tokens=0, reuse_tier_tokens={}, reuse_load_ms=0.0, kv_bytes=0, peak_mem_bytes=0, prefill_ms=nan,
-            ttft_ms=nan, decode_ms_per_token=nan,
+            recomputed_tokens=0, reuse_tier_tokens={}, reuse_load_ms=0.0, kv_bytes=0, peak_mem_bytes=0, peak_kv_bytes=0,
+            prefill_ms=nan, ttft_ms=nan, decode_ms_per_token=nan,
             truncated_tokens=prepared.truncated_tokens, error=error,
         )
         for index, turn in enumerate(prepared.episode.turns)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
 # semantic-track columns added in version 4 (null on KV rows)
@@ -24,9 +24,10 @@ _SEMANTIC_V4 = ("user", "class_id", "served_class", "warmup", "embed_ms", "fetch
                 "cache_bytes")
 # older versions are read by adding the columns they lack as nulls
 UPGRADABLE = {
-    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4),
-    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4),
-    "3": _SEMANTIC_V4,
+    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes"),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes"),
+    "3": (*_SEMANTIC_V4, "peak_kv_bytes"),
+    "4": ("peak_kv_bytes",),
 }
 METADATA_KEY = b"cachebench.schema_version"
 
@@ -73,6 +74,7 @@ SCHEMA = pa.schema(
         ("reuse_load_ms", pa.float64()),
         ("kv_bytes", pa.int64()),
         ("peak_mem_bytes", pa.int64()),
+        ("peak_kv_bytes", pa.int64()),
         ("prefill_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
         ("decode_ms_per_token", pa.float64()),

@@ -65,6 +65,7 @@ class TurnMeasure:
     reuse_load_ms: float
     kv_bytes: int
     peak_mem_bytes: int
+    peak_kv_bytes: int  # the most bytes the KV cache held during the context prefill (repeated on its turns)
     prefill_ms: float  # the context prefill: once per episode and repeated on its turns, or per request when a
     # reuse method serves each multi-request turn's context from its store
     ttft_ms: float
@@ -182,8 +183,8 @@ class EpisodeRunner:
         with torch.inference_mode():
             return self._run(prepared, on_turn)
 
-    def _new_context(self, prepared: PreparedEpisode) -> tuple[KVSession, float]:
-        """A session holding the episode's context, and the context prefill's time.
+    def _new_context(self, prepared: PreparedEpisode) -> tuple[KVSession, float, int]:
+        """A session holding the episode's context, the context prefill's time and its peak KV bytes.
 
         A reuse method first stages what its paper assumes was stored ahead of the request (untimed); then the
         prefill is timed, including the method's loads from its store."""
@@ -191,9 +192,12 @@ class EpisodeRunner:
             self.model, self.method, self._hooks, self.settings.compression == "query-aware", prepared.segments
         )
         self.method.stage(session, prepared.context_ids)
+        self.memory.start()  # the untimed staging is not the request's memory either
         start = self.clock.now_ms()
         session.prefill(prepared.context_ids, "context")
-        return session, self.clock.now_ms() - start
+        elapsed = self.clock.now_ms() - start
+        session.note_cache_bytes()  # methods that write the cache without the model's forward (reuse) count too
+        return session, elapsed, session.peak_kv_bytes
 
     def _run(self, prepared: PreparedEpisode, on_turn: Callable[[], None] | None) -> list[TurnMeasure]:
         multi_turn = self.settings.mode == "multi-turn"
@@ -201,8 +205,7 @@ class EpisodeRunner:
         # measured on); other methods restore a snapshot of the post-context cache, which is not timed.
         per_request_context = not multi_turn and self.method.reuses_kv
         episode = prepared.episode
-        self.memory.start()
-        session, prefill_ms = self._new_context(prepared)
+        session, prefill_ms, peak_kv = self._new_context(prepared)
         after_context = None if multi_turn or per_request_context else session.snapshot()
         pending: list[int] = []  # tokens owed to the cache before the next question (multi-turn only)
         results = []
@@ -211,7 +214,7 @@ class EpisodeRunner:
             if index > 0:
                 self.memory.start()  # turn 0's peak includes the context prefill
                 if per_request_context:
-                    session, prefill_ms = self._new_context(prepared)
+                    session, prefill_ms, peak_kv = self._new_context(prepared)
                     request_start = ReuseCounters()
                 elif after_context is not None:
                     session.restore(after_context)
@@ -253,6 +256,7 @@ class EpisodeRunner:
                     reuse_load_ms=reuse.load_ms,
                     kv_bytes=self.method.kv_bytes(session.cache),
                     peak_mem_bytes=self.memory.peak_bytes(),
+                    peak_kv_bytes=peak_kv,
                     prefill_ms=prefill_ms,
                     ttft_ms=ttft_ms,
                     decode_ms_per_token=decode_ms / decode_steps if decode_steps else float("nan"),

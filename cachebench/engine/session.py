@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cachebench.engine.measure import cache_bytes, tensor_bytes
 from cachebench.method import LayerCall, Phase
 
 if TYPE_CHECKING:
@@ -110,7 +111,12 @@ class LayerHooks:
             session = self._session
             if session is None:
                 return
+            tracked = self._phase == "context"
+            if tracked:  # the layer's new entries, before the method may evict them
+                session.note_layer_bytes(layer_idx)
             session.method.on_layer(self._call(session, layer_idx, module, args, kwargs))
+            if tracked:
+                session.note_layer_bytes(layer_idx)
 
         return hook
 
@@ -181,6 +187,10 @@ class KVSession:
         self.position = 0
         self.segments = segments  # a chunked context's layout (chunk tokens vs text around them), else None
         self.reuse = ReuseCounters()
+        # the most bytes the cache held at any moment of a context prefill: with layer hooks, tracked layer by
+        # layer inside each forward (a layer's new entries count before the method evicts any)
+        self.peak_kv_bytes = 0
+        self._layer_bytes: dict[int, int] = {}
         self._hooks = hooks
         net = model.model
         self._cache_kw = _keyword(net, "cache", "past_key_values")
@@ -205,7 +215,35 @@ class KVSession:
             if self._hooks is not None:
                 self._hooks.activate(None, phase, None)
         self.position += count
+        if phase == "context":
+            self.note_cache_bytes()
         return out.logits[0, -1]
+
+    def note_layer_bytes(self, layer_idx: int) -> None:
+        """Record one layer's size now and the cache total it makes (while a context is prefilled)."""
+        layers = getattr(self.cache, "layers", None)
+        if layers is None or layer_idx >= len(layers):
+            return
+        self._layer_bytes[layer_idx] = tensor_bytes(layers[layer_idx])
+        self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._layer_bytes.values()))
+
+    def note_cache_bytes(self) -> None:
+        """Record the whole cache's size now (after a forward, or after a method replaced the cache)."""
+        total = cache_bytes(self.cache)
+        layers = getattr(self.cache, "layers", None)
+        self._layer_bytes = {i: tensor_bytes(layer) for i, layer in enumerate(layers)} if layers is not None else {}
+        self.peak_kv_bytes = max(self.peak_kv_bytes, total)
+
+    def reset_cache(self) -> None:
+        """Start an empty cache at position 0 (a method building several caches for one context); the peak
+        stays, since the caches were built one after another in the same memory."""
+        self.cache = self.method.new_cache(self.model)
+        self.position = 0
+        self._layer_bytes = {}
+
+    def fresh(self) -> KVSession:
+        """A new empty session on the same model, method and hooks (for a method's own calibration passes)."""
+        return KVSession(self.model, self.method, self._hooks, self.query_aware, self.segments)
 
     def prefill(self, token_ids: Sequence[int], phase: Phase) -> torch.Tensor:
         """Feed prompt tokens through the method (which may reuse stored KV instead of computing it)."""
