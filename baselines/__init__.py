@@ -14,6 +14,7 @@ KV_METHODS: dict[str, str] = {
     "windowkv": "kv.windowkv:WindowKV",
     "tokenselect": "kv.tokenselect:TokenSelect",
     "razorattention": "kv.razorattention:RazorAttention",
+    "epicache": "kv.epicache:EpiCache",
     "prefix": "kv.prefix:PrefixCache",
     "naive-concat": "kv.naive_concat:NaiveConcat",
     "kvlink": "kv.kvlink:KVLink",
