@@ -4,9 +4,10 @@ The equalities are the issue's correctness bar: prefix reuse must serve exactly 
 for bit) and so give the full prefill's logits, and CacheBlend with every reused token recomputed must equal a
 full prefill. Logits are compared up to the rounding of a differently split computation: computing only the tail
 after loaded blocks runs smaller matrix products, which some CPUs (Intel AMX in bf16, and even fp32) round
-differently from the one-shot prefill (KL ~1e-3 against ~0.27 for naive chunk reuse); elsewhere they are equal. The other assertions check that the
-methods do what their papers say (chunks found again in another order, the recompute share, the ordering of
-naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is never served.
+differently from the one-shot prefill (KL ~1e-3 against ~0.27 for naive chunk reuse); elsewhere they are equal.
+The other assertions check that the methods do what their papers say (chunks found again in another order, the
+recompute share, the ordering of naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is
+never served.
 """
 
 from __future__ import annotations
