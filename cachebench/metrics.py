@@ -173,6 +173,70 @@ def repoqa(prediction: str, references: Sequence[str], meta: Mapping[str, Any]) 
     return float(best_name == target and best_score >= 0.8)
 
 
+# Long-conversation QA (the longconvqa family: our generated sessions, LongMemEval, LoCoMo).
+NOT_MENTIONED = "not mentioned"  # the reference answer of every abstention item
+MULTI_ANSWER_CATEGORIES = ("multi-hop",)  # LoCoMo's category 1: a comma-separated list of sub-answers
+# A reply that says the conversation does not hold the answer. LongMemEval's judge accepts any reply that
+# "correctly identifies the question as unanswerable"; LoCoMo's category-5 check accepts "not mentioned" and
+# "no information available". This covers those and their common paraphrases: "not mentioned/stated/specified/
+# said/known/provided/given/discussed/available" (also after "n't" or "never", optionally with "been"),
+# "no information/mention/record/details", "unknown", "don't/doesn't/didn't know/say/mention/specify/state",
+# "cannot/can't be determined/answered", "unanswerable", "not enough information".
+UNKNOWN_REPLY = re.compile(
+    r"\b(?:not|never)\s+(?:been\s+)?(?:mentioned|stated|specified|said|known|provided|given|discussed|available)\b"
+    r"|n't\s+(?:been\s+)?(?:mentioned|stated|specified|said|known|provided|given|discussed|available)\b"
+    r"|\bno\s+(?:information|mention|record|details?)\b"
+    r"|\bunknown\b"
+    r"|\b(?:do|does|did)(?:\s+not|n't)\s+(?:know|say|mention|specify|state)\b"
+    r"|\b(?:cannot|can't|can\s+not)\s+be\s+(?:determined|answered)\b"
+    r"|\bunanswerable\b"
+    r"|\bnot\s+enough\s+information\b"
+)
+
+
+def says_unknown(prediction: str) -> bool:
+    """True when the reply signals that the answer is not in the conversation (UNKNOWN_REPLY)."""
+    return UNKNOWN_REPLY.search(prediction.lower().replace("\u2019", "'")) is not None
+
+
+def longconvqa_meta(category: str, references: Sequence[str]) -> dict[str, bool]:
+    """The scorer meta of a longconvqa item from what a result row keeps (`show` recomputes EM with it):
+    abstention items have the single reference NOT_MENTIONED; LoCoMo multi-hop answers are comma lists."""
+    return {"abstention": list(references) == [NOT_MENTIONED], "multi_answer": category in MULTI_ANSWER_CATEGORIES}
+
+
+def _parts_score(
+    prediction: str, reference: str, meta: Mapping[str, Any], match: Callable[[list[str], list[str]], float]
+) -> float:
+    """One reference: `match` on normalised tokens, or LoCoMo's multi-hop rule when meta["multi_answer"]: split
+    both on commas and average, over the reference's parts, the best match among the prediction's parts."""
+    if not meta.get("multi_answer"):
+        return match(normalize_answer(prediction).split(), normalize_answer(reference).split())
+    predicted = [normalize_answer(part).split() for part in prediction.split(",")]
+    truths = [normalize_answer(part).split() for part in reference.split(",")]
+    return sum(max(match(p, t) for p in predicted) for t in truths) / len(truths)
+
+
+def _exact(predicted: Sequence[str], truth: Sequence[str]) -> float:
+    return float(list(predicted) == list(truth))
+
+
+def longconvqa_f1(prediction: str, references: Sequence[str], meta: Mapping[str, Any]) -> float:
+    """Token F1 (SQuAD normalisation), best over references; abstention items (meta["abstention"]) score 1 when
+    the reply says the conversation does not tell (UNKNOWN_REPLY), else 0, as LongMemEval and LoCoMo score them."""
+    if meta.get("abstention"):
+        return float(says_unknown(prediction))
+    return max((_parts_score(prediction, ref, meta, _f1) for ref in references), default=0.0)
+
+
+def longconvqa_em(prediction: str, references: Sequence[str], meta: Mapping[str, Any]) -> float:
+    """Exact match after SQuAD normalisation, best over references, with longconvqa_f1's abstention and
+    multi-hop rules (a multi-hop item scores the fraction of its parts matched exactly)."""
+    if meta.get("abstention"):
+        return float(says_unknown(prediction))
+    return max((_parts_score(prediction, ref, meta, _exact) for ref in references), default=0.0)
+
+
 SCORERS: dict[str, Scorer] = {
     "qa_f1": qa_f1,
     "qa_f1_zh": qa_f1_zh,
@@ -185,6 +249,7 @@ SCORERS: dict[str, Scorer] = {
     "rouge_lsum": rouge_lsum,
     "rouge_l": rouge_l,
     "repoqa": repoqa,
+    "longconvqa_f1": longconvqa_f1,
 }
 
 # Scorers whose library is optional (the `data` extra): checked before a run starts, not mid-run.

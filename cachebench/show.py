@@ -1,5 +1,6 @@
 """`cachebench show`: one table per task of method x parameters x model x mode x compression setting, from any
-result files; semantic-cache rows get their own per-category tables (cachebench.semantic.report)."""
+result files; a KV task whose turns have several categories (question types, needle depths, sub-tasks) also gets
+the score per category; semantic-cache rows get their own per-category tables (cachebench.semantic.report)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cachebench.metrics import longconvqa_em, longconvqa_meta
 from cachebench.results import read_results
 from cachebench.stats import cluster_bootstrap_ci
 from cachebench.taskspec import SEMANTIC_METRIC
@@ -73,6 +75,7 @@ def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | No
     kv_rows, semantic_rows = _split_tracks(read_results(paths))
     if kv_rows.num_rows:
         render(_summarize_table(kv_rows), console)
+        render_categories(summarize_categories(kv_rows), console)
     if semantic_rows.num_rows:
         render_semantic(summarize_semantic(semantic_rows, false_hit_ms), console)
 
@@ -157,6 +160,77 @@ def render(cells: list[CellSummary], console: Console) -> None:
                 str(cell.n), _ms(cell.ttft_ms), _ms(cell.request_ttft_ms),
                 "-" if np.isnan(cell.ttft_ratio) else f"{cell.ttft_ratio:.2f}", _kv(cell.kv_bytes),
                 str(cell.errors),
+            )  # fmt: skip
+            table.add_row(*(escape(value) for value in values))
+        console.print(table)
+
+
+@dataclass
+class CategorySummary:
+    """One category of one cell: its score with a 95% interval (bootstrap over episodes) and, for longconvqa
+    rows, exact match."""
+
+    key: dict[str, str]
+    category: str
+    score: float
+    low: float
+    high: float
+    n: int
+    em: float  # mean exact match of the rows scored with EM_METRIC; NaN when there are none
+
+
+EM_METRIC = "longconvqa_f1"  # rows whose exact match `show` recomputes from prediction and references
+
+
+def summarize_categories(table: pa.Table) -> list[CategorySummary]:
+    """Per (cell, category) summaries for the KV tasks whose rows have more than one distinct non-empty category."""
+    columns = ["score", "episode_id", "run_id", "error", "category", "metric", "prediction", "references", *_KEY]
+    data = table.select(columns).to_pydict()
+    categories: dict[str, set[str]] = defaultdict(set)
+    for row in range(table.num_rows):
+        if data["category"][row]:
+            categories[data["task"][row]].add(data["category"][row])
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for row in range(table.num_rows):
+        if data["category"][row] and len(categories[data["task"][row]]) > 1:
+            groups[(*(data[k][row] for k in _KEY), data["category"][row])].append(row)
+    out = []
+    for key, rows in sorted(groups.items(), key=lambda item: tuple(str(v) for v in item[0])):
+        ok = [r for r in rows if data["error"][r] is None and data["score"][r] is not None]
+        mean, low, high = cluster_bootstrap_ci(
+            [data["score"][r] for r in ok], [f"{data['run_id'][r]}/{data['episode_id'][r]}" for r in ok]
+        )
+        exact = [
+            longconvqa_em(data["prediction"][r] or "", data["references"][r] or [],
+                          longconvqa_meta(data["category"][r], data["references"][r] or []))
+            for r in ok if data["metric"][r] == EM_METRIC
+        ]  # fmt: skip
+        out.append(
+            CategorySummary(
+                key=dict(zip(_KEY, key[:-1], strict=True)), category=key[-1], score=mean, low=low, high=high,
+                n=len(ok), em=float(np.mean(exact)) if exact else float("nan"),
+            )
+        )  # fmt: skip
+    return out
+
+
+def render_categories(summaries: list[CategorySummary], console: Console) -> None:
+    """Print one table per task: each cell's score by category."""
+    by_task: dict[str, list[CategorySummary]] = defaultdict(list)
+    for summary in summaries:
+        by_task[summary.key["task"]].append(summary)
+    headers = ("method", "params", "model", "mode", "compression", "category", "n", "score", "95% CI", "EM")
+    for task, rows in by_task.items():
+        table = Table(title=escape(f"{task} by category"), title_justify="left", box=box.SIMPLE_HEAD)
+        for index, header in enumerate(headers):
+            table.add_column(header, justify="left" if index < 6 else "right")
+        for row in rows:
+            missing = np.isnan(row.score)
+            values = (
+                row.key["method"], row.key["method_params"], row.key["model"], row.key["mode"],
+                row.key["compression"] or "-", row.category, str(row.n),
+                "-" if missing else f"{row.score:.3f}", "-" if missing else f"{row.low:.3f}–{row.high:.3f}",
+                "-" if np.isnan(row.em) else f"{row.em:.3f}",
             )  # fmt: skip
             table.add_row(*(escape(value) for value in values))
         console.print(table)
