@@ -146,3 +146,22 @@ def test_allocation_arithmetic():
     same = torch.randn(1, 3, 5, 8)
     assert key_sensitivity(same, same) == pytest.approx(0.0, abs=1e-6)
     assert key_sensitivity(same, -same) == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["multi-turn", "multi-request"])
+def test_runs_through_the_runner_in_both_modes(embedded, mode):
+    from conftest import run_task
+
+    budget = 96
+    method = build_method("epicache", [f"budget={budget}", "block=128", "episodes=2", "allocation=uniform"])
+    method.attach(embedded)
+    _, measures, _ = run_task(embedded, method, task="multiturn.qa", mode=mode, episodes=1, context_tokens=768)
+    unit = per_layer_token_bytes(embedded) * embedded.config.num_hidden_layers
+    assert all(m.error is None and m.prediction for m in measures)
+    carried = 0
+    for m in measures:  # the episode's budget, plus what this request (or, multi-turn, the turns so far) added
+        added = m.prompt_tokens + m.output_tokens
+        carried = carried + added if mode == "multi-turn" else added
+        assert m.kv_bytes <= (budget + carried + 1) * unit, m.turn
+        assert m.peak_kv_bytes <= (budget + 128) * unit + 256 * per_layer_token_bytes(embedded)
+        assert m.peak_kv_bytes < m.context_tokens * unit / 2
