@@ -4,6 +4,7 @@ no loss when the budget holds everything, episodes that route questions by topic
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -165,3 +166,20 @@ def test_runs_through_the_runner_in_both_modes(embedded, mode):
         assert m.kv_bytes <= (budget + carried + 1) * unit, m.turn
         assert m.peak_kv_bytes <= (budget + 128) * unit + 256 * per_layer_token_bytes(embedded)
         assert m.peak_kv_bytes < m.context_tokens * unit / 2
+
+
+def test_cli_runs_epicache_on_longconvqa_and_show_breaks_down_by_type(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("eval", "--method", "epicache", "--task", "longconvqa", "--context-tokens", "512", "--limit", "1",
+                     "--param", "block=128", "--param", "ratio=0.75", "--out", str(tmp_path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob("*.parquet")
+    rows = pq.read_table(path).to_pylist()
+    assert {r["category"] for r in rows} == {"single-session", "multi-session", "temporal", "knowledge-update",
+                                             "abstention"}
+    whole_context = rows[0]["context_tokens"] * 30 * 2 * 3 * 64 * 2  # bf16 bytes of the full cache
+    assert all(r["error"] is None and r["method"] == "epicache" for r in rows)
+    assert all(r["peak_kv_bytes"] < 0.35 * whole_context for r in rows)  # 25% kept + a block and the patch in one layer
+    shown = run_cli("show", str(tmp_path))
+    assert shown.returncode == 0 and "by category" in shown.stdout and "knowledge-update" in shown.stdout
