@@ -70,7 +70,7 @@ def test_canonical_json_is_stable_and_describes_fields():
 
 def test_registry_resolves_only_implemented_methods():
     assert method_names() == sorted(["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv",
-                                     "tokenselect", "razorattention", "prefix", "naive-concat", "kvlink",
+                                     "tokenselect", "razorattention", "epicache", "prefix", "naive-concat", "kvlink",
                                      "cacheblend", "exact", "threshold", "category-aware", "meancache", "vcache"])
     for name in method_names():  # every entry imports, names itself, and builds with default parameters
         assert method_class(name).name == name
