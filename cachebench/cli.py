@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from cachebench.errors import RunInterrupted, UsageError
+from cachebench.perf_cli import register as register_perf
 from cachebench.suite_cli import register as register_suite
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 list_app = typer.Typer(help="List what can be run.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
 register_suite(app)
+register_perf(app)
 
 
 class _RichProgress:
