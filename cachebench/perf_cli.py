@@ -13,8 +13,6 @@ import typer
 
 from cachebench.errors import UsageError
 
-MIB = 2**20
-
 
 def _method_spec(spec: str) -> tuple[str, list[str]]:
     """`snapkv:ratio=0.75,window=32` -> ("snapkv", ["ratio=0.75", "window=32"])."""

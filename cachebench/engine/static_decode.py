@@ -87,12 +87,10 @@ class StaticDecoder:
         self.position.add_(1)
         return parts.lm_head(parts.norm(hidden))[:, -1]
 
-    def generate(self, first: torch.Tensor, steps: int, eos: set[int] | None = None) -> list[int]:
+    def generate(self, first: torch.Tensor, steps: int) -> list[int]:
         """Greedy tokens after `first` (batch 1), eagerly: the reference a captured graph must match."""
         tokens = [int(first)]
         for _ in range(steps):
-            if eos and tokens[-1] in eos:
-                break
             self.token.fill_(tokens[-1])
             tokens.append(int(self.step()[0].argmax()))
         return tokens
