@@ -57,6 +57,10 @@ class KVMethod:
     # A reuse method serves contexts from a store: in multi-request mode every request's context goes through its
     # prefill again (timed), as a serving engine would, instead of restoring a snapshot of the post-context cache.
     reuses_kv: ClassVar[bool] = False
+    # False when the cache a reply decodes from is not fixed once the prompt is in: it changes shape at every
+    # decode step (H2O, TokenSelect) or is picked by the question (EpiCache). `cachebench perf` decodes over
+    # static buffers loaded from the post-prefill cache, so it serves only methods where this is True.
+    fixed_cache_while_decoding: ClassVar[bool] = True
 
     def __init__(self, params: Any) -> None:
         self.params = params

@@ -85,6 +85,7 @@ class EpiCache(KVMethod):
                "routed to the nearest (Kim et al., 2025).")
     Params = EpiCacheParams
     uses_layer_hook = True
+    fixed_cache_while_decoding = False  # the question picks the episode's cache
 
     def __init__(self, params: EpiCacheParams) -> None:
         super().__init__(params)

@@ -42,6 +42,7 @@ class H2O(EvictionMethod):
     summary = ("Heavy hitters by accumulated attention plus recent tokens, evicting while decoding too "
                "(Zhang et al., 2023).")
     Params = H2OParams
+    fixed_cache_while_decoding = False  # evicts at every decode step
 
     def _recent(self, keep: int) -> int:
         return round(keep * self.params.recent)

@@ -133,6 +133,7 @@ class TokenSelect(KVMethod):
                "kept, attention uses the selected tokens (Wu et al., 2024).")
     Params = TokenSelectParams
     uses_layer_hook = True
+    fixed_cache_while_decoding = False  # selects tokens anew at every step
 
     def __init__(self, params: TokenSelectParams) -> None:
         super().__init__(params)

@@ -229,10 +229,13 @@ class KVSession:
 
     def note_cache_bytes(self) -> None:
         """Record the whole cache's size now (after a forward, or after a method replaced the cache)."""
-        total = cache_bytes(self.cache)
         layers = getattr(self.cache, "layers", None)
-        self._layer_bytes = {i: tensor_bytes(layer) for i, layer in enumerate(layers)} if layers is not None else {}
-        self.peak_kv_bytes = max(self.peak_kv_bytes, total)
+        if layers is None:  # a cache object without layers: count its tensors as one
+            self._layer_bytes = {}
+            self.peak_kv_bytes = max(self.peak_kv_bytes, cache_bytes(self.cache))
+            return
+        self._layer_bytes = {i: tensor_bytes(layer) for i, layer in enumerate(layers)}
+        self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._layer_bytes.values()))
 
     def reset_cache(self) -> None:
         """Start an empty cache at position 0 (a method building several caches for one context); the peak

@@ -61,7 +61,7 @@ def run_perf(model_spec: str, methods: list[tuple[str, list[str]]], settings: Pe
         if method_track(name) != "kv":
             raise UsageError(f"--method {name}: perf measures KV-cache methods")
         method = build_method(name, params)
-        if getattr(method, "reuses_kv", False) or name in ("h2o", "tokenselect", "epicache"):
+        if method.reuses_kv or not method.fixed_cache_while_decoding:
             raise UsageError(f"--method {name}: its decode changes the cache every step or it reuses stored "
                              "KV; perf serves methods that shape the cache at prefill")
         built.append(method)
