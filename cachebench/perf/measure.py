@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from cachebench.engine.measure import cache_bytes
 from cachebench.engine.session import KVSession, LayerHooks
 from cachebench.engine.static_decode import CapturedStep, StaticDecoder, bucketed
 from cachebench.method import KVMethod
@@ -112,7 +111,7 @@ def measure(model: LoadedModel, method: KVMethod, context: int, settings: PerfSe
         step = CapturedStep(decoder).replay if cuda else decoder.step
         static_ms = median_ms(step, device, settings.decode_steps, warmup=3)
     peak = int(torch.cuda.max_memory_allocated(device)) if cuda else 0
-    decode_floor = floors.read_ms(weight_bytes(model) + batch * cache_bytes(snapshot.cache))
+    decode_floor = floors.read_ms(weight_bytes(model) + batch * kv)
     return PerfRow(method=method.name, context=context, batch=batch, kv_bytes=kv, peak_mem_bytes=peak,
                    prefill_ms=prefill_ms, prefill_floor_ms=floors.compute_ms(prefill_flops(model.config, context)),
                    eager_decode_ms=eager_ms, static_decode_ms=static_ms, decode_floor_ms=decode_floor, graph=cuda)
