@@ -31,14 +31,30 @@ register_perf(app)
 
 
 class _RichProgress:
-    """A rich progress bar over a task's turns, with the current episode in its description."""
+    """A rich progress bar over a task's turns, with the current episode in its description. It appears only once
+    the first task starts, so an error found while checking the input is the only line on stderr."""
 
-    def __init__(self, progress: Any) -> None:
-        self._progress = progress
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        self._progress = Progress(*columns, console=console, transient=False)
+        self._started = False
         self._bar: Any = None
         self._name = ""
 
     def task_started(self, name: str, turns: int) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
         self._name = name
         self._bar = self._progress.add_task(name, total=turns)
 
@@ -47,6 +63,10 @@ class _RichProgress:
 
     def turn_done(self) -> None:
         self._progress.advance(self._bar)
+
+    def stop(self) -> None:
+        if self._started:
+            self._progress.stop()
 
 
 @app.command("eval")
@@ -85,14 +105,6 @@ def eval_command(
     """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
     or per request (semantic caches)."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from cachebench.evaluate import EvalRequest, run_eval
 
@@ -103,25 +115,30 @@ def eval_command(
         compression=compression, embedder=embedder, llm_cost=llm_cost_ms,
     )
     console = Console(stderr=True)
-    if quiet:
-        outcome = run_eval(request)
-    else:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            outcome = run_eval(request, _RichProgress(progress))
-    if outcome.path is None:
+    progress = None if quiet else _RichProgress(console)
+    try:
+        outcome = run_eval(request, progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if outcome.path is None and outcome.problem is None:
         raise UsageError("the run produced no rows")
-    if not quiet:
-        from cachebench.show import console_for_tables, show
+    if outcome.path is not None:
+        if not quiet:
+            from cachebench.show import console_for_tables, show
 
-        show([outcome.path], console_for_tables())
-        console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
-    else:
-        print(outcome.path)
+            show([outcome.path], console_for_tables())
+            console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
+        else:
+            print(outcome.path)
+    for warning in outcome.warnings or ():
+        console.print(f"warning: {warning}", markup=False, highlight=False)
+    if outcome.problem:
+        console.print(f"error: {outcome.problem}", markup=False, highlight=False)
+        raise typer.Exit(1)
     if outcome.errors:
         first = next(row["error"] for row in outcome.rows if row["error"])
-        console.print(f"{outcome.errors} rows failed; first error: {first}")
+        console.print(f"{outcome.errors} rows failed; first error: {first}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 

@@ -20,8 +20,12 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C during a run: the rows finished so far were written to `path`."""
+    """Ctrl-C or SIGTERM during a run: the rows finished so far were written to `path`, marked partial."""
 
-    def __init__(self, path: Path | None, rows: int) -> None:
-        super().__init__(f"interrupted; {rows} finished rows kept in {path}" if path else "interrupted; no rows")
+    def __init__(self, path: Path | None, rows: int, problem: str | None = None) -> None:
+        if path:
+            message = f"interrupted; {rows} finished rows kept in {path} (marked partial)"
+        else:
+            message = "interrupted; no rows" if not rows else f"interrupted; {problem}"
+        super().__init__(message)
         self.path, self.rows = path, rows

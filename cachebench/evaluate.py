@@ -35,7 +35,17 @@ from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.registry import build_method, method_track
 from cachebench.results import REUSE_TIERS
-from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent, run_identity
+from cachebench.runs import (
+    EvalOutcome,
+    EvalRequest,
+    ProgressSink,
+    RunWriter,
+    Silent,
+    check_output_dir,
+    check_room,
+    run_identity,
+    sigterm_as_interrupt,
+)
 from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
 
 
@@ -64,8 +74,6 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
             if package and importlib.util.find_spec(package) is None:
                 raise UsageError(f"task {spec.name} is scored with {metric}, which needs {package}: "
                                  "pip install 'cachebench[data]'")
-    if request.out.exists() and not request.out.is_dir():
-        raise UsageError(f"--out {request.out}: exists and is not a directory")
     return specs
 
 
@@ -103,7 +111,7 @@ def _settings(spec: TaskSpec, request: EvalRequest) -> RunSettings:
 
 
 def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measure: TurnMeasure,
-         references: list[str], metric: str, score: float | None) -> dict[str, Any]:
+         references: list[str], metric: str, score: float | None, reuse_method: bool) -> dict[str, Any]:
     return {
         **identity,
         "task": spec.name,
@@ -125,6 +133,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measur
         "reused_tokens": measure.reused_tokens,
         "recomputed_tokens": measure.recomputed_tokens,
         **_tier_columns(measure),
+        "reuse_corrupt_blocks": measure.corrupt_blocks if reuse_method else None,
         "kv_bytes": measure.kv_bytes,
         "peak_mem_bytes": measure.peak_mem_bytes,
         "peak_kv_bytes": measure.peak_kv_bytes,
@@ -165,7 +174,10 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     """Run one method on one task or group; returns the rows and where they were written.
 
     A benchmark sweeping many settings may pass the model it already loaded (it must be what request.model,
-    dtype, device and attn_impl name) and a method instance, to read the method's own counters afterwards."""
+    dtype, device and attn_impl name) and a method instance, to read the method's own counters afterwards.
+
+    No computed row is ever dropped: an episode that raises becomes error rows and the run goes on; Ctrl-C,
+    SIGTERM or an unexpected exception still write the finished rows, marked partial (see RunWriter)."""
     if method_track(request.method) == "semantic":
         from cachebench.semantic.evaluate import run_semantic_eval
 
@@ -174,6 +186,7 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     progress = progress or Silent()
     specs = _check_request(request)
     method = method or build_method(request.method, list(request.params))
+    check_output_dir(request.out)
     model = model or load_model(request.model, request.dtype, request.device, request.attn_impl)
     torch.manual_seed(request.seed)
     chat = ChatFormat(model.tokenizer)
@@ -182,6 +195,8 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
         settings = _settings(spec, request)
         episodes = build_episodes(spec, request, model)
         plan.append((spec, settings, prepare_episodes(episodes, spec, model, chat, settings)))
+    planned = sum(len(p.episode.turns) for _, _, prepared in plan for p in prepared)
+    check_room(request.out, planned)
 
     name, identity = run_identity(
         request.seed, method, model=model.name, model_weights=model.weights, dtype=model.dtype_name,
@@ -192,32 +207,56 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     method.attach(model)
 
     rows: list[dict[str, Any]] = []
-    path = request.out / name
-    checkpoint = Checkpointer(path, rows)
+    writer = RunWriter(request.out / name, rows, planned)
     errors = 0
     try:
-        for spec, settings, prepared_episodes in plan:
-            progress.task_started(spec.name, sum(len(p.episode.turns) for p in prepared_episodes))
-            runner = EpisodeRunner(model, method, spec, settings)
-            try:
-                for index, prepared in enumerate(prepared_episodes):
-                    progress.episode_started(index, len(prepared_episodes))
-                    try:
-                        measures = runner.run(prepared, progress.turn_done)
-                    except (RuntimeError, torch.OutOfMemoryError) as exc:
-                        measures = _failed_turns(prepared, f"{type(exc).__name__}: {exc}".splitlines()[0])
-                        errors += len(measures)
-                    for measure, turn in zip(measures, prepared.episode.turns, strict=True):
-                        metric = spec.metric_for(turn.category)
-                        score = None
-                        if measure.error is None:
-                            score = get_scorer(metric)(measure.prediction, turn.references, turn.meta)
-                        rows.append(_row(identity, spec, settings, measure, turn.references, metric, score))
-                    checkpoint.maybe()
-            finally:
-                runner.close()
+        with sigterm_as_interrupt():
+            for spec, settings, prepared_episodes in plan:
+                errors += _run_task(spec, settings, prepared_episodes, model, method, identity, rows, writer,
+                                    progress)
     except KeyboardInterrupt:
-        checkpoint.flush()
-        raise RunInterrupted(path if rows else None, len(rows)) from None
-    checkpoint.flush()
-    return EvalOutcome(path if rows else None, rows, errors)
+        raise RunInterrupted(writer.finish(complete=False), len(rows), writer.problem) from None
+    except BaseException:
+        writer.finish(complete=False)  # whatever went wrong, the finished rows are kept, marked partial
+        raise
+    where = writer.finish(complete=True)
+    return EvalOutcome(where, rows, errors, writer.problem, _store_warnings(rows))
+
+
+def _run_task(spec: TaskSpec, settings: RunSettings, prepared_episodes: list[PreparedEpisode], model: LoadedModel,
+              method: KVMethod, identity: dict[str, Any], rows: list[dict[str, Any]], writer: RunWriter,
+              progress: ProgressSink) -> int:
+    """Run one task's episodes, appending a row per turn; returns how many rows failed."""
+    progress.task_started(spec.name, sum(len(p.episode.turns) for p in prepared_episodes))
+    runner = EpisodeRunner(model, method, spec, settings)
+    errors = 0
+    try:
+        for index, prepared in enumerate(prepared_episodes):
+            progress.episode_started(index, len(prepared_episodes))
+            try:
+                measures = runner.run(prepared, progress.turn_done)
+            except UsageError:
+                raise
+            except Exception as exc:  # out of memory, a store or method that failed: the episode's rows say so
+                measures = _failed_turns(prepared, f"{type(exc).__name__}: {exc}".splitlines()[0])
+                errors += len(measures)
+            for measure, turn in zip(measures, prepared.episode.turns, strict=True):
+                metric = spec.metric_for(turn.category)
+                score = None
+                if measure.error is None:
+                    score = get_scorer(metric)(measure.prediction, turn.references, turn.meta)
+                rows.append(_row(identity, spec, settings, measure, turn.references, metric, score,
+                                 method.reuses_kv))
+            writer.maybe()
+    finally:
+        runner.close()
+    return errors
+
+
+def _store_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """What a reuse method's store repaired during the run, for the run's summary."""
+    corrupt = sum(row.get("reuse_corrupt_blocks") or 0 for row in rows)
+    if not corrupt:
+        return []
+    return [f"KV store: {corrupt} damaged disk block(s) failed verification, were deleted and computed again "
+            "(column reuse_corrupt_blocks)"]

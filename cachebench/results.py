@@ -6,6 +6,7 @@ version is stored in the file's metadata under `cachebench.schema_version`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,20 +17,24 @@ import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
 # semantic-track columns added in version 4 (null on KV rows)
 _SEMANTIC_V4 = ("user", "class_id", "served_class", "warmup", "embed_ms", "fetch_ms", "llm", "llm_ms", "cache_entries",
                 "cache_bytes")
+# run-completeness and store-repair columns added in version 6 (null in older files: completeness unknown)
+_RUN_V6 = ("reuse_corrupt_blocks", "run_planned", "run_complete")
 # older versions are read by adding the columns they lack as nulls
 UPGRADABLE = {
-    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes"),
-    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes"),
-    "3": (*_SEMANTIC_V4, "peak_kv_bytes"),
-    "4": ("peak_kv_bytes",),
+    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
+    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
+    "4": ("peak_kv_bytes", *_RUN_V6),
+    "5": _RUN_V6,
 }
 METADATA_KEY = b"cachebench.schema_version"
+RUN_STATE_KEY = b"cachebench.run"  # {"complete": bool, "planned_rows": int, "rows": int}, since version 6
 
 SCHEMA = pa.schema(
     [
@@ -72,6 +77,7 @@ SCHEMA = pa.schema(
         ("recomputed_tokens", pa.int64()),
         *((name, pa.int64()) for name in _TIER_COLUMNS),
         ("reuse_load_ms", pa.float64()),
+        ("reuse_corrupt_blocks", pa.int64()),
         ("kv_bytes", pa.int64()),
         ("peak_mem_bytes", pa.int64()),
         ("peak_kv_bytes", pa.int64()),
@@ -96,30 +102,49 @@ SCHEMA = pa.schema(
         ("cache_bytes", pa.int64()),
         # failure
         ("error", pa.string()),
+        # the run as a whole: how many rows it planned, and whether it finished (false: a checkpoint of a run that
+        # was killed, interrupted or crashed; the file holds fewer rows than planned)
+        ("run_planned", pa.int64()),
+        ("run_complete", pa.bool_()),
     ],
     metadata={METADATA_KEY: SCHEMA_VERSION.encode()},
 )
 
 SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale", *_SEMANTIC_V4)
-REUSE_COLUMNS = (*_TIER_COLUMNS, "reuse_load_ms")  # null on rows of a method that reused nothing
+REUSE_COLUMNS = (*_TIER_COLUMNS, "reuse_load_ms", "reuse_corrupt_blocks")  # null where a method reused nothing
 
 
-def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts keyed by column) to a table of exactly SCHEMA; missing keys become nulls."""
-    columns = {field.name: [row.get(field.name) for row in rows] for field in SCHEMA}
+def to_table(rows: Sequence[dict[str, Any]], run: dict[str, Any] | None = None) -> pa.Table:
+    """Rows (dicts keyed by column) to a table of exactly SCHEMA; missing keys become nulls. `run` sets columns
+    shared by every row (the run's completeness)."""
+    run = run or {}
+    columns = {field.name: [run[field.name]] * len(rows) if field.name in run else [row.get(field.name) for row in rows]
+               for field in SCHEMA}
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
-def write_atomic(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Write the rows to `path` through a temporary file and a rename: a reader never sees half a file."""
+def write_atomic(rows: Sequence[dict[str, Any]], path: Path, *, planned: int | None = None,
+                 complete: bool = True) -> Path:
+    """Write the rows to `path` through a temporary file and a rename: a reader never sees half a file.
+
+    `planned` (default: the rows given) and `complete` are stamped on every row and in the file's metadata, so a
+    checkpoint of a run still going (or killed) says it is partial."""
+    planned = len(rows) if planned is None else planned
+    table = to_table(rows, {"run_planned": planned, "run_complete": complete})
+    table = table.replace_schema_metadata({**table.schema.metadata, RUN_STATE_KEY: _run_state(complete, planned,
+                                                                                              len(rows))})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(to_table(rows), temporary)
+        pq.write_table(table, temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _run_state(complete: bool, planned: int, rows: int) -> bytes:
+    return json.dumps({"complete": complete, "planned_rows": planned, "rows": rows}).encode()
 
 
 def _files(paths: Iterable[str | Path]) -> list[Path]:

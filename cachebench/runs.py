@@ -1,15 +1,24 @@
 """What every `cachebench eval` run shares, whichever track it runs: the request, the outcome, progress
-reporting, and the checkpoint that keeps finished rows when a run is killed."""
+reporting, the checks of the output folder before any work, and the writer that keeps every finished row
+whatever happens to the run or the disk."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cachebench import __version__, provenance
+from cachebench.errors import UsageError
 from cachebench.params import canonical_json
 
 
@@ -38,9 +47,11 @@ class EvalRequest:
 
 @dataclass
 class EvalOutcome:
-    path: Path | None
+    path: Path | None  # where the rows were written (a fallback folder when --out refused them)
     rows: list[dict[str, Any]]
     errors: int
+    problem: str | None = None  # the rows could not be written where asked (see RunWriter)
+    warnings: list[str] | None = None  # what the run noticed and repaired (e.g. damaged store blocks)
 
 
 class ProgressSink(Protocol):
@@ -62,25 +73,140 @@ class Silent:
         pass
 
 
-class Checkpointer:
-    """Re-writes the run's file now and then, so a killed run keeps what it finished."""
+class RunWriter:
+    """Writes a run's rows to `path`, never losing one.
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        self.path, self.rows, self._last = path, rows, time.monotonic()
+    While the run goes on the file is re-written now and then as a checkpoint marked partial (`run_complete`
+    false, `run_planned` rows planned), so a killed run leaves a file that says so. A write that fails (disk
+    full, folder gone) keeps the rows in memory with one warning, and the next checkpoint tries again. The final
+    write retries, then falls back to another folder (`CACHEBENCH_FALLBACK_DIR`, the user cache, the temporary
+    folder) and says where in `problem`.
+    """
+
+    RETRIES = 3
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]], planned: int) -> None:
+        self.path, self.rows, self.planned = path, rows, planned
         self.interval = float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30"))
+        self.problem: str | None = None  # why the rows are not (only) at `path`, for the final message
+        self._last = time.monotonic()
+        self._warned = False
 
     def maybe(self) -> None:
+        """A checkpoint when the interval has passed since the last one."""
         if time.monotonic() - self._last >= self.interval:
-            self.flush()
+            self.checkpoint()
 
-    def flush(self) -> None:
+    def checkpoint(self) -> None:
         if self.rows:
-            from cachebench.results import write_atomic  # pyarrow, lazily: the CLI imports this module
-
-            write_atomic(self.rows, self.path)
+            self._try(self.path, complete=False)
         self._last = time.monotonic()
 
+    def finish(self, complete: bool) -> Path | None:
+        """The final write: where the rows are (None when there are none, or when no folder would take them)."""
+        if not self.rows:
+            return None
+        for attempt in range(self.RETRIES):
+            error = self._try(self.path, complete)
+            if error is None:
+                return self.path
+            if attempt + 1 < self.RETRIES:
+                time.sleep(0.5 * (attempt + 1))
+        reasons = [f"{self.path.parent}: {error}"]
+        for folder in fallback_dirs():
+            target = folder / self.path.name
+            if target.resolve() == self.path.resolve():
+                continue
+            failed = self._try(target, complete, warn=False)
+            if failed is None:
+                self.problem = f"could not write {self.path} ({error}); all {len(self.rows)} rows are in {target}"
+                return target
+            reasons.append(f"{folder}: {failed}")
+        self.problem = f"could not write the {len(self.rows)} rows anywhere ({'; '.join(reasons)})"
+        return None
 
+    def _try(self, path: Path, complete: bool, warn: bool = True) -> str | None:
+        """Write all rows to `path`; the failure's reason, or None."""
+        from cachebench.results import write_atomic  # pyarrow, lazily: the CLI imports this module
+
+        try:
+            write_atomic(self.rows, path, planned=self.planned, complete=complete)
+        except Exception as exc:  # OSError, pyarrow's own errors: the rows stay in memory either way
+            reason = _reason(exc)
+            if warn and not self._warned:
+                self._warned = True
+                print(f"warning: cannot write {path} ({reason}); the rows stay in memory and the write is retried",
+                      file=sys.stderr)
+            return reason
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def fallback_dirs() -> list[Path]:
+    """Where the final write goes when `--out` refuses it, in order of preference."""
+    found = []
+    if os.environ.get("CACHEBENCH_FALLBACK_DIR"):
+        found.append(Path(os.environ["CACHEBENCH_FALLBACK_DIR"]))
+    try:
+        from cachebench.paths import cache_dir
+
+        found.append(cache_dir() / "unsaved")
+    except OSError:
+        pass
+    found.append(Path(tempfile.gettempdir()) / "cachebench-unsaved")
+    return found
+
+
+_ROW_BYTES = 2048  # generous Parquet bytes per row (measured: 20-1,000 with the file's fixed overhead)
+_FILE_BYTES = 1 << 20  # a file's fixed overhead and slack
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, an `--out` that cannot take a file: not a folder, not creatable, read-only, full."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".cachebench-probe-", suffix=".tmp") as probe:
+            probe.write(b"\0" * 65536)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise UsageError(f"--out {out}: not writable ({_reason(exc)})") from None
+
+
+def check_room(out: Path, planned: int) -> None:
+    """Refuse a run whose checkpoints would not fit: the atomic re-write holds the old and the new file at once."""
+    need = 2 * (_FILE_BYTES + planned * _ROW_BYTES)
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot check free space ({_reason(exc)})") from None
+    if free < need:
+        raise UsageError(f"--out {out}: {free / 2**20:.1f} MiB free, the run's {planned} rows need about "
+                         f"{need / 2**20:.1f} MiB (free some space or pick another --out)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI timeout, `kill`) ends a run as Ctrl-C does: the finished rows are written, marked partial."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_identity(seed: int, method: Any, **what_ran: Any) -> tuple[Path, dict[str, Any]]:

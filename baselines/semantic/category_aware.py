@@ -127,8 +127,8 @@ class CategoryAwareCache(SemanticMethod):
             return None
         return entry.ttl * (1.0 + (entry.ttl_boost - 1.0) * self._load_factor())
 
-    def partition_for(self, query: Query) -> str:
-        return f"{super().partition_for(query)}|{query.category}"
+    def partition_parts(self, query: Query) -> tuple[str, ...]:
+        return (*super().partition_parts(query), query.category)
 
     def lookup(self, query: Query) -> Decision:
         if not self.policy_for(query.category).cache:

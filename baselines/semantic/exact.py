@@ -23,7 +23,14 @@ def normalise(text: str) -> str:
 
 
 def text_key(partition: str, text: str) -> str:
-    return hashlib.blake2b(f"{partition}\x00{normalise(text)}".encode(), digest_size=16).hexdigest()
+    """The table key of a normalised text in a partition: both fields length-prefixed before hashing, so no
+    (partition, text) pair can spell another's bytes, whatever characters either holds."""
+    digest = hashlib.blake2b(digest_size=16, person=b"cachebench.text")
+    for field in (partition, normalise(text)):
+        data = field.encode()
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 class ExactCache(SemanticMethod):

@@ -72,6 +72,7 @@ class TurnMeasure:
     decode_ms_per_token: float  # NaN when the reply ended at its first token
     truncated_tokens: int
     error: str | None = None
+    corrupt_blocks: int = 0  # a reuse method's stored blocks that failed verification during this request
 
 
 def _tokens(tokenizer, text: str) -> list[int]:
@@ -261,6 +262,7 @@ class EpisodeRunner:
                     ttft_ms=ttft_ms,
                     decode_ms_per_token=decode_ms / decode_steps if decode_steps else float("nan"),
                     truncated_tokens=prepared.truncated_tokens,
+                    corrupt_blocks=reuse.corrupt_blocks,
                 )
             )
             if multi_turn:

@@ -146,6 +146,7 @@ class ReuseCounters:
     recomputed_tokens: int = 0  # loaded tokens computed again (selective recompute)
     tier_tokens: Counter = field(default_factory=Counter)  # loaded tokens by store tier ("device", "cpu", "disk")
     load_ms: float = 0.0  # time spent fetching from the store
+    corrupt_blocks: int = 0  # stored blocks that failed verification on load: deleted, computed again
 
     def since(self, earlier: ReuseCounters) -> ReuseCounters:
         return ReuseCounters(
@@ -153,10 +154,12 @@ class ReuseCounters:
             self.recomputed_tokens - earlier.recomputed_tokens,
             self.tier_tokens - earlier.tier_tokens,
             self.load_ms - earlier.load_ms,
+            self.corrupt_blocks - earlier.corrupt_blocks,
         )
 
     def copy(self) -> ReuseCounters:
-        return ReuseCounters(self.reused_tokens, self.recomputed_tokens, Counter(self.tier_tokens), self.load_ms)
+        return ReuseCounters(self.reused_tokens, self.recomputed_tokens, Counter(self.tier_tokens), self.load_ms,
+                             self.corrupt_blocks)
 
 
 @dataclass

@@ -92,9 +92,11 @@ class StoreBackedMethod(KVMethod):
 def timed_get(store: TieredKVStore, key: str, tokens: Sequence[int], session: KVSession) -> tuple[KVBlock, str] | None:
     """Fetch a block, adding the time it took and, on a hit, its tokens and tier to the session's counters."""
     clock = Clock(session.model.device)
+    corrupt = store.stats.corrupt
     start = clock.now_ms()
     found = store.get(key, expect_tokens=tokens)
     session.reuse.load_ms += clock.now_ms() - start
+    session.reuse.corrupt_blocks += store.stats.corrupt - corrupt  # a damaged block is a miss, and counted
     if found is not None:
         session.reuse.reused_tokens += len(tokens)
         session.reuse.tier_tokens[found[1]] += len(tokens)

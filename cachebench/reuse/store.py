@@ -540,19 +540,24 @@ class TieredKVStore:
         metadata = _file_metadata(self.namespace, key, host.keys, host.values, tokens, meta_json)
         try:
             size = disk.write(key, tensors, metadata)
-        except OSError as exc:  # disk full or folder gone: the block stays in memory, the run goes on
+            if size > disk.capacity:
+                disk.remove(key)
+                return False
+            self._stats.evictions["disk"] += disk.add(key, size)
+        except Exception as exc:
+            # disk full (safetensors raises SafetensorError, not OSError), folder gone, read-only: whatever the
+            # writer raises, the block stays in memory and the run goes on
+            with contextlib.suppress(OSError):
+                disk.remove(key)  # no stale or half-indexed block under this key
             self._stats.write_failures += 1
             if self._stats.write_failures == 1:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
                 print(
-                    f"cachebench: KV store: cannot write to {disk.folder} ({exc.strerror or exc}); "
+                    f"warning: KV store: cannot write to {disk.folder} ({reason.splitlines()[0]}); "
                     "blocks stay in memory only",
                     file=sys.stderr,
                 )
             return False
-        if size > disk.capacity:
-            disk.remove(key)
-            return False
-        self._stats.evictions["disk"] += disk.add(key, size)
         return True
 
     def _find(self, key: str) -> tuple[KVBlock, str] | None:

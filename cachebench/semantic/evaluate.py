@@ -13,7 +13,17 @@ import torch
 
 from cachebench import provenance
 from cachebench.errors import RunInterrupted, UsageError
-from cachebench.runs import Checkpointer, EvalOutcome, EvalRequest, ProgressSink, Silent, run_identity
+from cachebench.runs import (
+    EvalOutcome,
+    EvalRequest,
+    ProgressSink,
+    RunWriter,
+    Silent,
+    check_output_dir,
+    check_room,
+    run_identity,
+    sigterm_as_interrupt,
+)
 from cachebench.semantic.embedder import Embedder, load_embedder
 from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
 from cachebench.semantic.method import SemanticMethod
@@ -32,6 +42,9 @@ def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
     if not looked_up:
         raise UsageError(f"task {spec.name} produced no requests")
     for item in stream.all_requests():
+        if not isinstance(item.user, str) or not item.user:
+            raise UsageError(f"task {spec.name}: request {item.request_id} has user {item.user!r}; a user id must "
+                             "be non-empty text (a cache scoped per user keeps each id apart)")
         if spec.categories and item.category not in spec.categories:
             raise UsageError(f"task {spec.name}: request {item.request_id} has category {item.category!r}, "
                              f"expected one of {', '.join(spec.categories)}")
@@ -47,8 +60,6 @@ def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
         raise UsageError("--mode applies to KV tasks; a semantic task's protocol comes with the task")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {request.limit}")
-    if request.out.exists() and not request.out.is_dir():
-        raise UsageError(f"--out {request.out}: exists and is not a directory")
     return parse_llm_cost(request.llm_cost)
 
 
@@ -106,9 +117,14 @@ def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: s
 
 def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: SemanticMethod,
                       progress: ProgressSink | None = None, embedder: Embedder | None = None) -> EvalOutcome:
-    """Run one semantic method on one task or group; returns the rows and where they were written."""
+    """Run one semantic method on one task or group; returns the rows and where they were written.
+
+    A store that fails mid-run (a Redis server killed, a Chroma server gone) turns the requests it cannot serve
+    into error rows (StreamRunner stops calling it after a few failures in a row); closing it may fail too, with
+    a warning. Every computed row is written whatever happens, marked partial when the run did not finish."""
     progress = progress or Silent()
     given = _check(request, specs)
+    check_output_dir(request.out)
     from cachebench.models.loading import resolve_device
 
     embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
@@ -124,34 +140,63 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
             stream = build_stream(spec, request)
             costs, llm = _llm_costs(request, spec, stream, given)
             plan.append((spec, stream, costs, llm))
+        planned = sum(_looked_up(stream) for _, stream, _, _ in plan)
+        check_room(request.out, planned)
     except BaseException:
-        method.close()
+        _close(method, [])
         raise
     rows: list[dict[str, Any]] = []
-    path = request.out / name
-    checkpoint = Checkpointer(path, rows)
+    writer = RunWriter(request.out / name, rows, planned)
+    warnings: list[str] = []
     errors = 0
     try:
-        for index, (spec, stream, costs, llm) in enumerate(plan):
-            looked_up = len(stream.requests) or len(stream.pairs)
-            progress.task_started(spec.name, looked_up)
-            progress.episode_started(0, 1)
-            if index > 0:
-                method.open(embedder.dim, f"{run_id}-{index}")
-            try:
-                def keep(result: RequestResult, spec: TaskSpec = spec, costs: dict[str, float] = costs,
-                         llm: str = llm) -> None:
-                    rows.append(_row(identity, spec, result, llm, costs.get(result.request.category)))
-                    progress.turn_done()
-                    checkpoint.maybe()
-
-                results = StreamRunner(method, embedder).run(stream, keep)
-                errors += sum(result.error is not None for result in results)
-            finally:
-                method.close()
-                method.__init__(method.params)  # a fresh cache for the next task
+        with sigterm_as_interrupt():
+            for index, (spec, stream, costs, llm) in enumerate(plan):
+                errors += _run_stream(method, embedder, spec, stream, costs, llm, identity, f"{run_id}-{index}",
+                                      index > 0, rows, writer, progress, warnings)
     except KeyboardInterrupt:
-        checkpoint.flush()
-        raise RunInterrupted(path if rows else None, len(rows)) from None
-    checkpoint.flush()
-    return EvalOutcome(path if rows else None, rows, errors)
+        raise RunInterrupted(writer.finish(complete=False), len(rows), writer.problem) from None
+    except BaseException:
+        writer.finish(complete=False)
+        raise
+    where = writer.finish(complete=True)
+    return EvalOutcome(where, rows, errors, writer.problem, warnings)
+
+
+def _looked_up(stream: Stream) -> int:
+    return len(stream.requests) or len(stream.pairs)
+
+
+def _run_stream(method: SemanticMethod, embedder: Embedder, spec: TaskSpec, stream: Stream, costs: dict[str, float],
+                llm: str, identity: dict[str, Any], namespace: str, reopen: bool, rows: list[dict[str, Any]],
+                writer: RunWriter, progress: ProgressSink, warnings: list[str]) -> int:
+    """One task's stream against a fresh cache; appends a row per looked-up request, returns how many failed."""
+    progress.task_started(spec.name, _looked_up(stream))
+    progress.episode_started(0, 1)
+
+    def keep(result: RequestResult) -> None:
+        rows.append(_row(identity, spec, result, llm, costs.get(result.request.category)))
+        progress.turn_done()
+        writer.maybe()
+
+    runner = StreamRunner(method, embedder)
+    try:
+        if reopen:
+            try:
+                method.open(embedder.dim, namespace)
+            except Exception as exc:  # the store died during an earlier task of the group
+                return len(runner.fail_all(stream, exc, keep))
+        results = runner.run(stream, keep)
+        return sum(result.error is not None for result in results)
+    finally:
+        _close(method, warnings)
+        method.__init__(method.params)  # a fresh cache for the next task
+
+
+def _close(method: SemanticMethod, warnings: list[str]) -> None:
+    """Close the method's stores; a store that is gone cannot clean up, which costs no row."""
+    try:
+        method.close()
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        warnings.append(f"closing the cache's store failed ({reason}); its entries may remain on the server")

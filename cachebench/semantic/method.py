@@ -13,6 +13,7 @@ the category-aware paper's hybrid design, so a lookup touches the document store
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ class SemanticParams:
     sqlite_path: str = param("", "SQLite file for store=sqlite (default: a temporary file removed at the end)")
     redis_url: str = param("redis://127.0.0.1:6379/0", "Redis server for store=redis")
     chroma_url: str = param("http://127.0.0.1:8000", "Chroma server for store=chroma")
+
+
+def partition_key(*parts: str) -> str:
+    """The name of the partition made of `parts` (scope, user, category): JSON of the list, so two different part
+    lists never give the same name, whatever characters a user id or category holds."""
+    return json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,13 @@ class SemanticMethod:
         cache may still learn from it. By default nothing happens."""
 
     # -- shared helpers -----------------------------------------------------------------------------------------
+    def partition_parts(self, query: Query) -> tuple[str, ...]:
+        """What separates the query's partition from others: its user under scope=user (methods add more, e.g.
+        the category)."""
+        return ("user", query.user) if self.params.scope == "user" else ("all",)
+
     def partition_for(self, query: Query) -> str:
-        return f"user:{query.user}" if self.params.scope == "user" else "all"
+        return partition_key(*self.partition_parts(query))
 
     def ttl_for(self, query: Query) -> float | None:
         """Seconds an entry inserted for this query stays servable; None: forever."""
@@ -175,8 +187,11 @@ class SemanticMethod:
         return alive
 
     def serve(self, meta: EntryMeta, similarity: float, query: Query) -> Decision:
-        """A hit on `meta`: fetch its document (timed) and return it."""
+        """A hit on `meta`: fetch its document (timed) and return it. An entry of another partition is never
+        served, whichever path found it (isolation checked at the point of serving, not only by the search)."""
         assert self.documents is not None
+        if meta.partition != self.partition_for(query):
+            return Decision(hit=False, nearest_key=None, similarity=None, note="other-partition")
         start = time.perf_counter()
         document = self.documents.get(meta.key)
         fetch_ms = (time.perf_counter() - start) * 1000

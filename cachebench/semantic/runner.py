@@ -18,6 +18,7 @@ from cachebench.semantic.method import Decision, Query, SemanticMethod
 from cachebench.semantic.stream import Request, Stream
 
 CONTEXT_DEPTH = 4  # ancestors handed to a method with each query (MeanCache checks the chain up to this depth)
+FAILURES_IN_A_ROW = 3  # requests failing in a row after which the cache is taken as broken (see _attempt)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class StreamRunner:
         self.method = method
         self.embedder = embedder
         self._entries: dict[int, _Inserted] = {}
+        self._failures_in_a_row = 0
+        self._broken: str | None = None  # the error given to every later request once the cache is taken as broken
+        self._embed_ms = float("nan")
 
     def run(self, stream: Stream, on_result: Callable[[RequestResult], None] = lambda result: None
             ) -> list[RequestResult]:
@@ -111,49 +115,86 @@ class StreamRunner:
         result.cache_bytes = self.method.memory_bytes()
         return result
 
-    def _failed(self, request: Request, position: int, warmup: bool, exc: Exception) -> RequestResult:
+    def _failed(self, request: Request, position: int, warmup: bool, error: str) -> RequestResult:
         nan = float("nan")
         return RequestResult(
             request=request, position=position, warmup=warmup, decision=Decision(hit=False), outcome="",
             stale=False, served_class=None, served_user=None, lookup_ms=nan, fetch_ms=nan, embed_ms=self._embed_ms,
-            cache_entries=self.method.entries(), cache_bytes=0,
-            error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+            cache_entries=self.method.entries(), cache_bytes=0, error=error,
         )
+
+    def _attempt(self, request: Request, position: int, warmup: bool,
+                 work: Callable[[], RequestResult]) -> RequestResult:
+        """`work()`, or an error row when it raises. After FAILURES_IN_A_ROW failures in a row the cache is
+        taken as broken (a store server gone): later requests become error rows without calling it, so a dead
+        store costs no timeouts, and every planned request still has its row."""
+        if self._broken is not None:
+            return self._failed(request, position, warmup, self._broken)
+        try:
+            result = work()
+        except Exception as exc:  # a store that failed mid-run: the row says so, the run goes on
+            error = _one_line(exc)
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= FAILURES_IN_A_ROW:
+                self._broken = f"not run: the cache failed {FAILURES_IN_A_ROW} requests in a row (last: {error})"
+            return self._failed(request, position, warmup, error)
+        self._failures_in_a_row = 0
+        return result
+
+    def fail_all(self, stream: Stream, exc: Exception, on_result: Callable[[RequestResult], None]
+                 ) -> list[RequestResult]:
+        """An error row for every request the stream would look up, when the cache could not even start."""
+        self._embed_ms = float("nan")
+        error = f"not run: {_one_line(exc)}"
+        looked_up = stream.requests or [second for _, second in stream.pairs]
+        warm = int(len(stream.requests) * stream.warmup)
+        results = []
+        for position, request in enumerate(looked_up):
+            results.append(self._failed(request, position, position < warm, error))
+            on_result(results[-1])
+        return results
 
     def _run_stream(self, stream: Stream, on_result: Callable[[RequestResult], None]) -> list[RequestResult]:
         """Online: lookup, then on a miss the LLM's response (the stream's) is handed to the cache."""
         warm = int(len(stream.requests) * stream.warmup)
         results = []
         for position, request in enumerate(stream.requests):
-            try:
+
+            def serve(request: Request = request, position: int = position) -> RequestResult:
                 query = self.query(request)
                 result = self._lookup(query, request, position, position < warm)
                 if not result.decision.hit:
                     key = self.method.record_miss(query, request.response, result.decision)
                     self._remember(key, request)
-                result = self._finish(result)
-            except Exception as exc:  # a store that failed mid-run: the row says so, the run goes on
-                result = self._failed(request, position, position < warm, exc)
-            results.append(result)
-            on_result(result)
+                return self._finish(result)
+
+            results.append(self._attempt(request, position, position < warm, serve))
+            on_result(results[-1])
         return results
 
     def _run_pairs(self, stream: Stream, on_result: Callable[[RequestResult], None]) -> list[RequestResult]:
         """GPTCache's protocol: insert every first item, then look up every second item (no inserts)."""
-        for first, _ in stream.pairs:
-            query = self.query(first)
-            self._remember(self.method.record_miss(query, first.response, Decision(hit=False, note="insert")), first)
+        try:
+            for first, _ in stream.pairs:
+                query = self.query(first)
+                decision = Decision(hit=False, note="insert")
+                self._remember(self.method.record_miss(query, first.response, decision), first)
+        except Exception as exc:  # the cache cannot be filled: no lookup would mean anything
+            self._broken = f"not run: filling the cache failed ({_one_line(exc)})"
         results = []
         for position, (_, second) in enumerate(stream.pairs):
-            try:
+
+            def serve(second: Request = second, position: int = position) -> RequestResult:
                 query = self.query(second)
                 result = self._lookup(query, second, position, False)
                 if not result.decision.hit:
                     self.method.feedback(query, second.response, result.decision)
-                result = self._finish(result)
-            except Exception as exc:
-                result = self._failed(second, position, False, exc)
-            results.append(result)
-            on_result(result)
+                return self._finish(result)
+
+            results.append(self._attempt(second, position, False, serve))
+            on_result(results[-1])
         return results
 
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]

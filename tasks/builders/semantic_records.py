@@ -139,6 +139,21 @@ def text_field(record: Mapping[str, Any], key: str | tuple[str, ...], place: str
     return str(value)
 
 
+def user_field(record: Mapping[str, Any], place: str, default: str = "u0") -> str:
+    """A request's user (tenant) id, kept exactly as written so that distinct ids stay distinct users: text or an
+    integer; absent (or null) means `default`. An empty id, or another type, is refused: a cache scoped per user
+    must never merge two users because their ids look alike."""
+    value = record.get("user")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UsageError(f"{place}: 'user' must be text or an integer, got {value!r}")
+    text = str(value)
+    if not text.strip():
+        raise UsageError(f"{place}: 'user' is empty (leave it out for the default user {default!r})")
+    return text
+
+
 def label_field(record: Mapping[str, Any], key: str, place: str, shape: str) -> int:
     """A 0/1 label (ints, bools, and the strings "0"/"1" of a CSV)."""
     if record.get(key) is None:

@@ -18,7 +18,8 @@ when the file has one (one of CATEGORIES), else `category_column` (dataset_name)
 classification sources, else "sembenchmark". Timestamp = row number in seconds, user u0.
 
 A local file may also carry (cachebench's extension, for replaying real traces): `timestamp` (seconds, never
-negative, never going backwards), `user`, and `parent` (the `id` of an earlier row this one follows up).
+negative, never going backwards), `user` (non-empty text or an integer, taken as written: 0 and "u0" are
+two users; a row without one is user u0), and `parent` (the `id` of an earlier row this one follows up).
 
 Knobs: dataset, split, requests (default 0 = all rows; --limit N keeps the first N), class_column,
 response_column, category_column.
@@ -33,7 +34,7 @@ from typing import Any
 from cachebench.errors import UsageError
 from cachebench.semantic.stream import Request, Stream, StreamRequest
 from cachebench.tasks.builders.semantic_knobs import check_known, count_limit
-from cachebench.tasks.builders.semantic_records import at, records, text_field, timestamp_field
+from cachebench.tasks.builders.semantic_records import at, records, text_field, timestamp_field, user_field
 
 SHAPE = "SemBenchmark's (prompt, id_set/ID_Set, response_*)"
 DEFAULT_DATASET = "vCache/SemBenchmarkLmArena"
@@ -109,7 +110,7 @@ def _requests(rows: list[dict[str, Any]], columns: dict[str, str | None], where:
                 raise UsageError(f"{place}: parent {row['parent']!r} names no earlier row")
         requests.append(Request(request_id=request_id, prompt=prompt, class_id=class_id,
                                 category=_category(row, columns["category"], place),
-                                timestamp=timestamp, user=str(row.get("user") or "u0"), parent=parent,
+                                timestamp=timestamp, user=user_field(row, place), parent=parent,
                                 response=answers.setdefault(class_id, given)))
     return requests
 
