@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
@@ -187,3 +189,33 @@ def read_results(paths: Iterable[str | Path]) -> pa.Table:
             raise UsageError(f"{file}: schema version {version_text}, this cachebench reads {SCHEMA_VERSION}")
         tables.append(table.cast(SCHEMA))
     return pa.concat_tables(tables)
+
+
+@dataclass(frozen=True)
+class PartialRun:
+    """A run whose file is a checkpoint: it was killed, interrupted or crashed before writing all its rows."""
+
+    run_id: str
+    rows: int
+    planned: int
+
+
+def partial_runs(table: pa.Table) -> list[PartialRun]:
+    """The runs among the rows that did not finish (`run_complete` false), with rows present and planned.
+
+    Every reader (show, leaderboard, gate) marks these, so a killed run is never read as a complete result."""
+    flags = table["run_complete"]
+    partial = table.filter(pc.fill_null(pc.invert(flags), False))
+    if partial.num_rows == 0:
+        return []
+    counts: dict[str, list[int]] = {}
+    for run_id, planned in zip(partial["run_id"].to_pylist(), partial["run_planned"].to_pylist(), strict=True):
+        entry = counts.setdefault(run_id, [0, 0])
+        entry[0] += 1
+        entry[1] = max(entry[1], planned or 0)
+    return [PartialRun(run_id, rows, planned) for run_id, (rows, planned) in sorted(counts.items())]
+
+
+def describe_partial(run: PartialRun) -> str:
+    return (f"partial run {run.run_id}: {run.rows} of {run.planned} planned rows (killed, interrupted or crashed "
+            "before the end)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -142,6 +143,10 @@ class RunWriter:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a write failed, in the words of the OS (pyarrow only puts the errno inside its message)."""
+    found = re.search(r"\[errno (\d+)\]", str(exc))
+    if found:
+        return os.strerror(int(found[1]))
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{type(exc).__name__}: {exc}".splitlines()[0]

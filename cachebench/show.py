@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cachebench.metrics import longconvqa_em, longconvqa_meta
-from cachebench.results import read_results
+from cachebench.results import describe_partial, partial_runs, read_results
 from cachebench.stats import cluster_bootstrap_ci
 from cachebench.taskspec import SEMANTIC_METRIC
 
@@ -41,6 +41,7 @@ class CellSummary:
     request_ttft_ms: float  # what a request waited for its first token, context prefill included (see below)
     kv_bytes: float
     weights: str
+    partial: bool = False  # some rows come from a run that did not finish (results.partial_runs)
     ttft_ratio: float = float("nan")  # request_ttft_ms over the `full` cell's of the same task, model and mode
 
 
@@ -72,7 +73,11 @@ def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | No
     """Print every table the rows call for: KV cells, then semantic caches per category."""
     from cachebench.semantic.report import render_semantic, summarize_semantic
 
-    kv_rows, semantic_rows = _split_tracks(read_results(paths))
+    table = read_results(paths)
+    for run in partial_runs(table):
+        console.print(f"warning: {describe_partial(run)}; its cells are marked (partial)", markup=False,
+                      highlight=False)
+    kv_rows, semantic_rows = _split_tracks(table)
     if kv_rows.num_rows:
         render(_summarize_table(kv_rows), console)
         render_categories(summarize_categories(kv_rows), console)
@@ -82,7 +87,7 @@ def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | No
 
 def _summarize_table(table: pa.Table) -> list[CellSummary]:
     columns = ["score", "episode_id", "run_id", "turn", "prefill_ms", "ttft_ms", "kv_bytes", "error", "model_weights",
-               *_KEY]
+               "run_complete", *_KEY]
     data = table.select(columns).to_pydict()
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for row in range(table.num_rows):
@@ -108,6 +113,7 @@ def _summarize_table(table: pa.Table) -> list[CellSummary]:
                 ),
                 kv_bytes=float(np.mean([data["kv_bytes"][r] for r in ok])) if ok else float("nan"),
                 weights=data["model_weights"][rows[0]],
+                partial=any(data["run_complete"][r] is False for r in rows),
             )
         )
     _add_ttft_ratios(cells)
@@ -154,8 +160,9 @@ def render(cells: list[CellSummary], console: Console) -> None:
         for cell in task_cells:
             missing = np.isnan(cell.score)
             model = cell.key["model"] + (" (random weights)" if cell.weights == "random" else "")
+            method = cell.key["method"] + (" (partial)" if cell.partial else "")
             values = (
-                cell.key["method"], cell.key["method_params"], model, cell.key["mode"], cell.key["compression"] or "-",
+                method, cell.key["method_params"], model, cell.key["mode"], cell.key["compression"] or "-",
                 "-" if missing else f"{cell.score:.3f}", "-" if missing else f"{cell.low:.3f}–{cell.high:.3f}",
                 str(cell.n), _ms(cell.ttft_ms), _ms(cell.request_ttft_ms),
                 "-" if np.isnan(cell.ttft_ratio) else f"{cell.ttft_ratio:.2f}", _kv(cell.kv_bytes),

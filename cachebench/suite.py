@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,7 +22,7 @@ import yaml
 
 from cachebench import __version__, provenance
 from cachebench.errors import UsageError, unknown_name
-from cachebench.runs import EvalRequest, ProgressSink, Silent
+from cachebench.runs import EvalRequest, ProgressSink, Silent, check_output_dir
 
 MANIFEST = "suite.json"
 _SUITE_KEYS = {"name", "summary", "model", "dtype", "device", "seed", "entries"}
@@ -249,6 +251,7 @@ def check_suite(suite: Suite, out: Path) -> list[EvalRequest]:
     if out.exists() and (any(out.rglob("*.parquet")) or (out / MANIFEST).exists()):
         raise UsageError(f"--out {out}: already holds results; a suite writes into a new or empty folder, because "
                          "the gate reads every Parquet file under it")
+    check_output_dir(out)
     return requests
 
 
@@ -305,10 +308,7 @@ def run_suite(suite: str | Suite, out: Path, progress: SuiteProgress | None = No
             progress.entry_started(index, len(suite.entries), entry)
         entry_started = time.monotonic()
         outcome = _run_entry(request, sink, model, embedder)
-        file = None
-        if outcome.path is not None:
-            file = f"{index:02d}-{entry.method}.parquet"
-            os.replace(outcome.path, out / file)
+        file = _keep(outcome.path, out, f"{index:02d}-{entry.method}.parquet")
         result = EntryResult(index, entry, file, len(outcome.rows), outcome.errors, _mean_score(outcome.rows),
                              time.monotonic() - entry_started)
         results.append(result)
@@ -317,6 +317,20 @@ def run_suite(suite: str | Suite, out: Path, progress: SuiteProgress | None = No
     done = SuiteOutcome(suite, out, out / MANIFEST, results, time.monotonic() - started)
     _write_manifest(done, setup_seconds)
     return done
+
+
+def _keep(path: Path | None, out: Path, name: str) -> str | None:
+    """Give an entry's file its suite name; a file the run had to write elsewhere (its --out refused it) stays
+    where it is, named by its absolute path, rather than being lost in a failed move."""
+    if path is None:
+        return None
+    try:
+        shutil.move(path, out / name)
+    except OSError as exc:
+        print(f"warning: could not move {path} to {out / name} ({exc.strerror or exc}); it stays there",
+              file=sys.stderr)
+        return str(path.resolve())
+    return name
 
 
 def _load_shared(suite: Suite) -> tuple[Any, Any]:

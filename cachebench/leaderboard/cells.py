@@ -24,6 +24,7 @@ class Provenance:
     last_run: datetime | None
     run_ids: tuple[str, ...]
     sources: tuple[Path, ...]
+    partial_runs: tuple[str, ...] = ()  # runs that did not finish: their files are checkpoints
 
 
 @dataclass

@@ -27,7 +27,7 @@ _VIEW = "kv_rows"
 # the rows of the KV track, with `ok` (scored) and the request's time to first token (cachebench.show.request_ttft)
 _SELECT = f"""
     SELECT {text_keys(KEY)}, run_id, episode_id, turn, score, model_weights, hardware, cachebench_version, git_sha,
-           created_at, {SOURCE}, kv_bytes, reused_tokens,
+           created_at, run_complete, {SOURCE}, kv_bytes, reused_tokens,
            error IS NULL AND score IS NOT NULL AND NOT isnan(score) AS ok,
            CASE WHEN isfinite(request_ttft) THEN request_ttft END AS request_ttft
     FROM (SELECT *, split_part(task, '.', 1) AS family,

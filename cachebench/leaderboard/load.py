@@ -22,7 +22,8 @@ ROWS = "results"
 SOURCE = "source"
 COLUMNS = ("run_id", "created_at", "cachebench_version", "git_sha", "task", "mode", "compression", "method",
            "method_params", "model", "model_weights", "hardware", "episode_id", "turn", "category", "metric", "score",
-           "reused_tokens", "kv_bytes", "prefill_ms", "ttft_ms", "outcome", "lookup_ms", "stale", "warmup", "error")
+           "reused_tokens", "kv_bytes", "prefill_ms", "ttft_ms", "outcome", "lookup_ms", "stale", "warmup", "error",
+           "run_complete")
 _SQL_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
               pa.bool_(): "BOOLEAN", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
 

@@ -49,17 +49,18 @@ def provenance(connection: duckdb.DuckDBPyConnection, name: str, key: tuple[str,
     million rows directly cost several times more.
     """
     origin = "run_id, model_weights, hardware, cachebench_version, git_sha, " + SOURCE
-    runs = per_cell(name, key, "count(*) AS size, min(created_at) AS first, max(created_at) AS last",
-                    by=", " + origin)
+    runs = per_cell(name, key, "count(*) AS size, min(created_at) AS first, max(created_at) AS last, "
+                               "bool_or(run_complete = false) AS partial", by=", " + origin)
     found = connection.execute(f"""
         SELECT cell, sum(size)::BIGINT, list(DISTINCT model_weights), list(DISTINCT hardware),
                list(DISTINCT cachebench_version), list(DISTINCT git_sha), min(first), max(last), list(DISTINCT run_id),
-               list(DISTINCT {SOURCE})
+               list(DISTINCT {SOURCE}), list(DISTINCT run_id) FILTER (WHERE partial)
         FROM ({runs}) GROUP BY cell ORDER BY cell""").fetchall()
     return [Provenance(rows=rows, model_weights=_distinct(weights), hardware=_distinct(hardware),
                        versions=_distinct(versions), git_shas=_distinct(shas), first_run=first, last_run=last,
-                       run_ids=_distinct(runs), sources=tuple(files[i] for i in sorted(sources)))
-            for _, rows, weights, hardware, versions, shas, first, last, runs, sources in found]
+                       run_ids=_distinct(runs), sources=tuple(files[i] for i in sorted(sources)),
+                       partial_runs=_distinct(partial or []))
+            for _, rows, weights, hardware, versions, shas, first, last, runs, sources, partial in found]
 
 
 def _distinct(values: list[str | None]) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ _SELECT = f"""
            CASE WHEN isfinite(lookup_ms) THEN lookup_ms END AS lookup_ms,
            error IS NULL AND NOT coalesce(warmup, false) AND coalesce(outcome, '') <> '' AS scored,
            error IS NOT NULL AS failed, run_id, model_weights, hardware, cachebench_version, git_sha, created_at,
-           {SOURCE}
+           run_complete, {SOURCE}
     FROM (SELECT *, split_part(task, '.', 1) AS family FROM {ROWS} WHERE metric = '{SEMANTIC_METRIC}')"""
 # outcome counts and lookup percentiles per (cell, category), and per cell (category NULL, `overall`)
 _KEYS = ", ".join(KEY)

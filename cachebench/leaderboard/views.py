@@ -53,6 +53,7 @@ class Origin:
     run_ids: tuple[str, ...]
     more_runs: int
     sources: tuple[Link, ...]
+    partial_runs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,7 +117,16 @@ def origin(provenance: Provenance, model: str, params: str, out: Path) -> Origin
                   rows=provenance.rows, hardware=provenance.hardware, versions=provenance.versions,
                   git_shas=provenance.git_shas, dates=dates, run_ids=provenance.run_ids[:RUN_IDS_SHOWN],
                   more_runs=max(0, len(provenance.run_ids) - RUN_IDS_SHOWN),
-                  sources=tuple(source_link(file, out) for file in provenance.sources))
+                  sources=tuple(source_link(file, out) for file in provenance.sources),
+                  partial_runs=provenance.partial_runs)
+
+
+def method_value(method: str, provenance: Provenance) -> Value:
+    """The method's name, marked when a run behind the cell did not finish (its file is a checkpoint)."""
+    if provenance.partial_runs:
+        runs = ", ".join(provenance.partial_runs)
+        return Value(f"{method} (partial)", method, f"partial run(s): {runs}; fewer rows than planned", "partial")
+    return text(method)
 
 
 def model_value(model: str, random_weights: bool) -> Value:
@@ -146,7 +156,8 @@ def kv_row(cell: KVCell, out: Path) -> Row:
         score = Value(score.text + " †", score.sort, "random weights: the score means nothing", "random")
     params = params_label(cell.method, cell.method_params)
     values = [
-        text(cell.method), text(params, cell.method_params), model_value(cell.model, cell.random_weights),
+        method_value(cell.method, cell.provenance), text(params, cell.method_params),
+        model_value(cell.model, cell.random_weights),
         text(cell.mode), text(cell.compression), score, interval(cell.low, cell.high), count(cell.n),
         count(cell.errors), number(cell.kv_ratio, 2), number(cell.ttft_ratio, 2), count(cell.matched),
         number(cell.kv_bytes / 2**20, 1), number(cell.request_ttft_ms, 1),
@@ -169,7 +180,8 @@ SEMANTIC_COLUMNS = [
 def semantic_row(entry: SemanticEntry, out: Path) -> Row:
     key, overall = entry.cell.key, entry.overall
     return Row(key["task"], key["model"], [
-        text(key["method"]), text(params_label(key["method"], key["method_params"]), key["method_params"]),
+        method_value(key["method"], entry.provenance),
+        text(params_label(key["method"], key["method_params"]), key["method_params"]),
         text(key["model"]), text(key["mode"]), *_rates(overall), count(entry.cell.errors),
     ], origin(entry.provenance, key["model"], key["method_params"], out))
 

@@ -25,7 +25,7 @@ from cachebench.semantic.scoring import Cost, Rates, bootstrap_intervals, cost_m
 _KEY = ("task", "method", "method_params", "model", "mode")
 ALL = "all"
 _COLUMNS = ("outcome", "stale", "warmup", "error", "category", "lookup_ms", "fetch_ms", "embed_ms", "llm_ms",
-            "cache_entries", "cache_bytes", "turn", *_KEY)
+            "cache_entries", "cache_bytes", "turn", "run_complete", *_KEY)
 
 
 @dataclass
@@ -44,6 +44,12 @@ class SemanticCell:
     categories: list[CategoryScore] = field(default_factory=list)
     bytes_per_entry: float = float("nan")
     errors: int = 0
+    partial: bool = False  # some rows come from a run that did not finish (results.partial_runs)
+
+    @property
+    def label(self) -> str:
+        """The method as tables name it, marked when a run behind it did not finish."""
+        return self.key["method"] + (" (partial)" if self.partial else "")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -83,6 +89,7 @@ def summarize_semantic(table: pa.Table, penalty_ms: float | None = None) -> list
         cell = SemanticCell(key=dict(zip(_KEY, key, strict=True)))
         scored = [r for r in members if data["error"][r] is None and not data["warmup"][r] and data["outcome"][r]]
         cell.errors = sum(data["error"][r] is not None for r in members)
+        cell.partial = any(data["run_complete"][r] is False for r in members)
         last = max(members, key=lambda r: data["turn"][r])
         if data["cache_entries"][last]:
             cell.bytes_per_entry = data["cache_bytes"][last] / data["cache_entries"][last]
@@ -166,13 +173,13 @@ def _render_stream(task: str, cells: list[SemanticCell], console: Console) -> No
             r, c = score.rates, score.cost
             overall = score.category == ALL or len(cell.categories) == 1
             quality.add_row(*(escape(v) for v in (
-                cell.key["method"], params, score.category, str(r.n), _pct(r.hit_rate), _pct(r.error_rate),
+                cell.label, params, score.category, str(r.n), _pct(r.hit_rate), _pct(r.error_rate),
                 _interval(score.intervals, "error_rate"), _num(r.precision), _num(r.recall), _num(r.f1),
                 _interval(score.intervals, "f1", scale=1.0), _num(r.f05), _pct(r.stale_rate),
                 str(cell.errors) if overall else "",
             )))  # fmt: skip
             cost.add_row(*(escape(v) for v in (
-                cell.key["method"], params, score.category, _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
+                cell.label, params, score.category, _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
                 _num(c.fetch_ms, 3) if c else "-", _num(cell.bytes_per_entry, 0) if overall else "",
                 _num(c.overhead_ms) if c else "-", _num(c.llm_ms, 0) if c else "-", _break_even(c),
                 _pct(c.saving_share) if c else "-",
@@ -190,7 +197,7 @@ def _render_pairs(task: str, cells: list[SemanticCell], console: Console) -> Non
         for score in cell.categories:
             r = score.rates
             table.add_row(*(escape(v) for v in (
-                cell.key["method"], params, score.category, str(r.n), str(r.tp), str(r.fp), str(r.fn + r.tn),
+                cell.label, params, score.category, str(r.n), str(r.tp), str(r.fp), str(r.fn + r.tn),
                 str(r.fn), str(r.tn), _num(r.precision), _num(r.recall), _num(r.f1), _num(score.lookup_p50, 3),
                 str(cell.errors),
             )))  # fmt: skip
