@@ -126,14 +126,25 @@ def to_table(rows: Sequence[dict[str, Any]], run: dict[str, Any] | None = None) 
 
 
 def write_atomic(rows: Sequence[dict[str, Any]], path: Path, *, planned: int | None = None,
-                 complete: bool = True) -> Path:
+                 complete: bool | None = None) -> Path:
     """Write the rows to `path` through a temporary file and a rename: a reader never sees half a file.
 
-    `planned` (default: the rows given) and `complete` are stamped on every row and in the file's metadata, so a
-    checkpoint of a run still going (or killed) says it is partial."""
-    planned = len(rows) if planned is None else planned
-    table = to_table(rows, {"run_planned": planned, "run_complete": complete})
-    table = table.replace_schema_metadata({**table.schema.metadata, RUN_STATE_KEY: _run_state(complete, planned,
+    `planned` and `complete`, when given, are stamped on every row (a run's writer marks its checkpoints partial);
+    otherwise each row keeps its own `run_planned` / `run_complete` (rows of finished runs carry them), and rows
+    without them count as a complete run of the rows given. The file's metadata says whether all rows are complete.
+    """
+    run: dict[str, Any] = {}
+    if planned is not None:
+        run["run_planned"] = planned
+    if complete is not None:
+        run["run_complete"] = complete
+    defaults = {"run_planned": len(rows), "run_complete": True}
+    filled = [row if all(row.get(k) is not None for k in defaults) else
+              {**row, **{k: v for k, v in defaults.items() if row.get(k) is None}} for row in rows]
+    table = to_table(filled, run)
+    whole = bool(pc.all(table["run_complete"]).as_py()) if table.num_rows else True
+    most = max(table["run_planned"].to_pylist(), default=0)
+    table = table.replace_schema_metadata({**table.schema.metadata, RUN_STATE_KEY: _run_state(whole, most,
                                                                                               len(rows))})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

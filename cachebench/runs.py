@@ -104,9 +104,13 @@ class RunWriter:
         self._last = time.monotonic()
 
     def finish(self, complete: bool) -> Path | None:
-        """The final write: where the rows are (None when there are none, or when no folder would take them)."""
+        """The final write: where the rows are (None when there are none, or when no folder would take them).
+        The rows themselves are stamped with the run's completeness, so a file that gathers them later (a
+        benchmark's) keeps it."""
         if not self.rows:
             return None
+        for row in self.rows:
+            row["run_planned"], row["run_complete"] = self.planned, complete
         for attempt in range(self.RETRIES):
             error = self._try(self.path, complete)
             if error is None:
