@@ -128,17 +128,17 @@ def eval_command(
             from cachebench.show import console_for_tables, show
 
             show([outcome.path], console_for_tables())
-            console.print(f"wrote {len(outcome.rows)} rows to {outcome.path}")
+            print(f"wrote {len(outcome.rows)} rows to {outcome.path}", file=sys.stderr)
         else:
             print(outcome.path)
-    for warning in outcome.warnings or ():
-        console.print(f"warning: {warning}", markup=False, highlight=False)
+    for warning in outcome.warnings or ():  # plain lines: a message is one line however long, never wrapped
+        print(f"warning: {warning}", file=sys.stderr)
     if outcome.problem:
-        console.print(f"error: {outcome.problem}", markup=False, highlight=False)
+        print(f"error: {outcome.problem}", file=sys.stderr)
         raise typer.Exit(1)
     if outcome.errors:
         first = next(row["error"] for row in outcome.rows if row["error"])
-        console.print(f"{outcome.errors} rows failed; first error: {first}", markup=False, highlight=False)
+        print(f"{outcome.errors} rows failed; first error: {first}", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -182,20 +182,27 @@ def gate_command(
                                                               "this factor.")] = None,
     max_kv_ratio: Annotated[float | None, typer.Option(help="Fail a cell whose mean KV bytes grew by more than this "
                                                             "factor.")] = None,
-    allow_missing: Annotated[bool, typer.Option(help="Baseline cells absent from the candidate do not fail.")] = False,
+    max_missing: Annotated[float, typer.Option(help="Fail a cell when more than this fraction (0 to 1) of its "
+                                                    "baseline items is absent from the candidate.")] = 0.0,
+    allow_missing: Annotated[bool, typer.Option(help="Baseline cells and items absent from the candidate do not fail "
+                                                     "(any --max-missing).")] = False,
     allow_new_errors: Annotated[bool, typer.Option(help="Rows failing only in the candidate do not fail.")] = False,
+    allow_partial: Annotated[bool, typer.Option(help="Judge the cells of a partial candidate run (killed or "
+                                                     "interrupted) instead of failing them.")] = False,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Compare a candidate run with a baseline cell by cell (paired bootstrap on the same items); exit 1 when a cell
-    regressed, 2 on unusable input. Prints a Markdown report fit for a pull-request comment."""
+    regressed or cannot be judged (items missing, too few episodes, NaN scores, a partial candidate run), 2 on
+    unusable input. Prints a Markdown report fit for a pull-request comment."""
     from cachebench.gate import GateOptions
     from cachebench.gate import gate_command as run_gate_command
 
     options = GateOptions(tolerance=tolerance, confidence=confidence, max_ttft_ratio=max_ttft_ratio,
-                          max_kv_ratio=max_kv_ratio, allow_missing=allow_missing, allow_new_errors=allow_new_errors,
-                          resamples=resamples, seed=seed)
+                          max_kv_ratio=max_kv_ratio, allow_missing=allow_missing, max_missing=max_missing,
+                          allow_new_errors=allow_new_errors, allow_partial=allow_partial, resamples=resamples,
+                          seed=seed)
     code = run_gate_command(baseline, candidate, options, json_path)
     if code:
         raise typer.Exit(code)

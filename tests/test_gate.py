@@ -165,17 +165,24 @@ def test_missing_and_new_cells(tmp_path, three_cells):
 def test_unmatched_and_failed_items_are_counted_not_compared(tmp_path, three_cells):
     scores = three_cells["snap"]
     base = write(tmp_path / "base", kv_rows(scores, errors=((0, 0),)))
-    cand = write(tmp_path / "cand", kv_rows(scores[:10], errors=((1, 1),)))  # two episodes fewer
-    cell = run_gate([base], [cand], GateOptions(allow_new_errors=True)).cells[0]
-    assert (cell.matched, cell.baseline_only, cell.candidate_only) == (38, 8, 0)
+    cand = write(tmp_path / "cand", kv_rows(scores[:10], errors=((1, 1),)))  # two episodes (8 of 48 items) fewer
+    cell = run_gate([base], [cand], GateOptions(allow_new_errors=True, max_missing=0.2)).cells[0]
+    assert (cell.matched, cell.baseline_items, cell.baseline_only, cell.candidate_only) == (38, 48, 8, 0)
     assert (cell.baseline_errors, cell.candidate_errors, cell.new_errors) == (1, 1, 1)
     assert cell.status == "unchanged" and not cell.failed
-    failed = run_gate([base], [cand]).cells[0]
+    failed = run_gate([base], [cand], GateOptions(max_missing=0.2)).cells[0]
     assert failed.failed and failed.reasons == ["1 item(s) fail only in the candidate"]
+    strict = run_gate([base], [cand]).cells[0]  # by default every baseline item must be in the candidate
+    assert strict.reasons == ["8 of 48 baseline items not in the candidate (more than --max-missing 0)",
+                              "1 item(s) fail only in the candidate"]
 
     everything_fails = write(tmp_path / "broken", kv_rows(scores, errors=tuple(np.ndindex(scores.shape))))
     broken = run_gate([base], [everything_fails])
     assert not broken.passed and broken.cells[0].status == "incomparable" and broken.cells[0].new_errors == 47
+    assert broken.cells[0].reasons == ["cannot judge: no item scored without error on both sides",
+                                       "47 item(s) fail only in the candidate"]
+    assert run_gate([base], [everything_fails], GateOptions(allow_missing=True, allow_new_errors=True)).passed \
+        is False  # nothing to judge is a failure whatever is allowed
 
 
 def test_ttft_and_kv_ratio_checks(tmp_path, three_cells):
@@ -218,12 +225,18 @@ def test_paired_bootstrap_resamples_clusters_reproducibly():
     assert np.isnan(paired_bootstrap([-1.0, -1.0], ["a", "a"])[1])  # one cluster: no interval
 
 
-def test_a_single_episode_is_not_judged(tmp_path):
+def test_a_single_episode_cannot_be_judged_and_fails(tmp_path):
+    """One episode on both sides gives no interval; that used to pass as "not judged", and now fails the cell."""
     scores = np.ones((1, 4))
-    result = run_gate([write(tmp_path / "base", kv_rows(scores))], [write(tmp_path / "cand", kv_rows(scores * 0))])
+    base = write(tmp_path / "base", kv_rows(scores))
+    result = run_gate([base], [write(tmp_path / "cand", kv_rows(scores * 0))])
     cell = result.cells[0]
-    assert result.passed and cell.status == "unchanged" and cell.difference == -1 and np.isnan(cell.high)
-    assert "one cluster: no interval, not judged" in render_markdown(result)
+    assert not result.passed and cell.failed and cell.status == "incomparable"
+    assert cell.difference == -1 and np.isnan(cell.high) and (cell.matched, cell.clusters) == (4, 1)
+    assert cell.reasons == ["cannot judge: 1 cluster (episode) matched, need at least 2"]
+    assert "cannot judge: 1 cluster (episode) matched, need at least 2" in render_markdown(result)
+    same = run_gate([base], [base])  # even an identical rerun: one episode is no evidence either way
+    assert not same.passed and same.cells[0].reasons == cell.reasons
 
 
 def test_gate_command_prints_the_report_writes_json_and_returns_the_exit_code(tmp_path, three_cells, capsys):
@@ -248,6 +261,7 @@ def test_gate_command_prints_the_report_writes_json_and_returns_the_exit_code(tm
         ({"max_ttft_ratio": 0.0}, "--max-ttft-ratio must be a number > 0"),
         ({"max_kv_ratio": float("nan")}, "--max-kv-ratio must be a number > 0"),
         ({"resamples": 10}, "--resamples must be at least 100"),
+        ({"max_missing": 1.01}, "--max-missing must be a fraction between 0 and 1"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(tmp_path, three_cells, options, message):
@@ -277,6 +291,171 @@ def test_unusable_inputs_are_one_line_usage_errors(tmp_path, three_cells):
         assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
     with pytest.raises(UsageError, match="--baseline: no such results file"):
         run_gate([tmp_path / "nope"], [base])
+
+
+# --- checks that cannot be made fail, through the real command line ---------------------------------------------
+
+
+def gate_cli(tmp_path: Path, base: Path, cand: Path, *args: str) -> tuple[int, str, dict]:
+    """Run the real `cachebench gate` with `--json`; returns the exit code, the Markdown report and the JSON."""
+    report = tmp_path / "gate.json"
+    report.unlink(missing_ok=True)
+    result = run_cli("gate", "--baseline", str(base), "--candidate", str(cand), "--json", str(report), *args)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, result.stdout, json.loads(report.read_text())
+
+
+def only_cell(data: dict) -> dict:
+    assert len(data["cells"]) == 1, data["cells"]
+    return data["cells"][0]
+
+
+def cell_named(data: dict, method: str) -> dict:
+    return next(cell for cell in data["cells"] if cell["key"]["method"] == method
+                and cell["key"]["task"] == "multiturn.passkey")
+
+
+def partial_file(rows: list[dict], path: Path, planned: int, run_id: str) -> None:
+    """A checkpoint of a run killed before the end: `rows` of `planned`, every row saying run_complete false."""
+    write_atomic([{**row, "run_id": run_id} for row in rows], path, planned=planned, complete=False)
+
+
+def test_a_collapsed_candidate_fails_and_names_the_cell(tmp_path):
+    """One episode of eight left, every score 0: it used to pass as "one cluster, not judged"."""
+    base = write(tmp_path / "base", kv_rows(base_scores(episodes=8)))
+    cand = write(tmp_path / "cand", kv_rows(np.zeros((1, 4))))
+    code, report, data = gate_cli(tmp_path, base, cand)
+    cell = only_cell(data)
+    assert code == 1 and data["passed"] is False and cell["failed"] is True and cell["status"] == "incomparable"
+    assert (cell["baseline_items"], cell["baseline_only"], cell["matched"], cell["clusters"]) == (32, 28, 4, 1)
+    assert cell["reasons"] == ["28 of 32 baseline items not in the candidate (more than --max-missing 0)",
+                               "cannot judge: 1 cluster (episode) matched, need at least 2"]
+    failing = report.split("#### Failing cells")[1]
+    assert f"| incomparable | multiturn.passkey | snapkv | `{SNAP}` |" in failing
+    assert "cannot judge: 1 cluster (episode) matched" in failing
+
+    code, _, data = gate_cli(tmp_path, base, cand, "--allow-missing")  # missing items allowed, still nothing to judge
+    assert code == 1 and only_cell(data)["reasons"] == ["cannot judge: 1 cluster (episode) matched, need at least 2"]
+
+
+def test_missing_items_fail_beyond_max_missing(tmp_path):
+    """Every baseline item must be in the candidate unless --max-missing or --allow-missing says otherwise."""
+    scores = base_scores(episodes=4)
+    base = write(tmp_path / "base", kv_rows(scores))
+    one_of_four = write(tmp_path / "one", [row for row in kv_rows(scores) if row["turn"] != 3])
+    three_of_four = write(tmp_path / "three", [row for row in kv_rows(scores) if row["turn"] == 0])
+
+    code, _, data = gate_cli(tmp_path, base, one_of_four)
+    cell = only_cell(data)
+    assert code == 1 and (cell["baseline_items"], cell["baseline_only"], cell["matched"]) == (16, 4, 12)
+    assert cell["reasons"] == ["4 of 16 baseline items not in the candidate (more than --max-missing 0)"]
+
+    code, _, data = gate_cli(tmp_path, base, one_of_four, "--max-missing", "0.5")
+    cell = only_cell(data)
+    assert code == 0 and cell["status"] == "unchanged" and cell["reasons"] == []
+    assert (cell["baseline_only"], cell["matched"], cell["clusters"]) == (4, 12, 4)
+    assert data["options"]["max_missing"] == 0.5
+
+    code, _, data = gate_cli(tmp_path, base, three_of_four, "--max-missing", "0.5")
+    cell = only_cell(data)
+    assert code == 1 and (cell["baseline_only"], cell["matched"], cell["clusters"]) == (12, 4, 4)
+    assert cell["reasons"] == ["12 of 16 baseline items not in the candidate (more than --max-missing 0.5)"]
+
+    code, _, data = gate_cli(tmp_path, base, three_of_four, "--allow-missing")
+    assert code == 0 and only_cell(data)["baseline_only"] == 12 and only_cell(data)["reasons"] == []
+    assert run_gate([base], [one_of_four], GateOptions(max_missing=0.25)).passed  # the fraction itself is allowed
+
+
+def test_nan_and_infinite_scores_fail_the_cell(tmp_path):
+    """A NaN score used to make the mean NaN, and a NaN mean never regressed: the cell passed unjudged."""
+    scores = base_scores()
+    broken = scores.copy()
+    broken[0, 0] = broken[0, 1] = broken[5, 2] = np.nan
+    broken[7, 3] = np.inf
+    base = write(tmp_path / "base", kv_rows(scores))
+    code, report, data = gate_cli(tmp_path, base, write(tmp_path / "cand", kv_rows(broken)))
+    cell = only_cell(data)
+    assert code == 1 and cell["failed"] is True
+    counts = (cell["candidate_nonfinite"], cell["baseline_nonfinite"], cell["matched"], cell["clusters"])
+    assert counts == (4, 0, 48, 12)
+    assert cell["reasons"] == ["4 matched item(s) scored NaN or infinite in the candidate"]
+    assert cell["difference"] == 0 and cell["low"] == 0  # the finite items are still compared
+    assert "4 matched item(s) scored NaN or infinite in the candidate" in report.split("#### Failing cells")[1]
+
+    reverse = run_gate([tmp_path / "cand"], [base]).cells[0]
+    assert reverse.failed and reverse.reasons == ["4 matched item(s) scored NaN or infinite in the baseline"]
+    all_nan = write(tmp_path / "nan", kv_rows(np.full((12, 4), np.nan)))
+    nothing = run_gate([all_nan], [all_nan]).cells[0]
+    assert nothing.failed and nothing.status == "incomparable" and nothing.clusters == 0
+    assert nothing.reasons == ["48 matched item(s) scored NaN or infinite in the baseline",
+                               "48 matched item(s) scored NaN or infinite in the candidate",
+                               "cannot judge: no matched item with finite scores on both sides"]
+
+
+def test_a_partial_candidate_run_fails_every_cell_it_has_rows_in(tmp_path, three_cells):
+    """A killed run's missing rows may be exactly the ones that regressed, so it is refused unless --allow-partial,
+    even in a cell where it happens to have every item."""
+    base = baseline_dir(tmp_path, three_cells)
+    killed = [*kv_rows(three_cells["snap"]), *kv_rows(three_cells["h2o"][:10], "h2o", H2O),
+              *kv_rows(three_cells["h2o"][:1], "pyramidkv", H2O)]  # 92 of 144 rows: pyramidkv had just started
+    partial_file(killed, tmp_path / "cand" / "killed.parquet", planned=144, run_id="killed")
+    write_atomic(kv_rows(three_cells["other"], task="multiturn.kv"), tmp_path / "cand" / "done.parquet")
+    cand = tmp_path / "cand"
+
+    code, report, data = gate_cli(tmp_path, base, cand)
+    partial = "candidate run killed is partial: 92 of 144 rows"
+    assert code == 1 and data["partial"]["candidate"] == [{"run_id": "killed", "rows": 92, "planned": 144}]
+    assert cell_named(data, "snapkv")["reasons"] == [partial]
+    new = cell_named(data, "pyramidkv")  # a cell only the candidate has passes, unless a partial run wrote it
+    assert new["status"] == "new" and new["failed"] is True and new["reasons"] == [partial]
+    assert cell_named(data, "h2o")["reasons"] == [partial, "8 of 48 baseline items not in the candidate (more "
+                                                  "than --max-missing 0)"]
+    assert cell_named(data, "snapkv")["candidate_partial"] == data["partial"]["candidate"]
+    other = next(cell for cell in data["cells"] if cell["key"]["task"] == "multiturn.kv")
+    assert other["failed"] is False and other["candidate_partial"] == []  # a complete run's cell is judged as usual
+    assert f"> Note: {partial}; its cells fail (--allow-partial judges them)." in report
+
+    code, report, data = gate_cli(tmp_path, base, cand, "--allow-partial")  # missing items still count as missing
+    assert code == 1 and [cell["key"]["method"] for cell in data["cells"] if cell["failed"]] == ["h2o"]
+    assert cell_named(data, "h2o")["reasons"] == ["8 of 48 baseline items not in the candidate (more than "
+                                                  "--max-missing 0)"]
+    assert cell_named(data, "snapkv")["status"] == "unchanged" and cell_named(data, "snapkv")["matched"] == 48
+    assert cell_named(data, "pyramidkv")["failed"] is False
+
+    code, report, data = gate_cli(tmp_path, base, cand, "--allow-partial", "--max-missing", "0.2")
+    assert code == 0 and data["passed"] is True
+    assert data["notes"] == [f"{partial}; judged on the rows it has (--allow-partial)"]
+    assert "candidate run killed partial (allowed)" in report
+
+
+def test_a_partial_baseline_is_noted_not_failed(tmp_path, three_cells):
+    """A partial baseline compares fewer items than planned: the verdict stands, but the report says so."""
+    base = tmp_path / "base"
+    partial_file(kv_rows(three_cells["snap"][:10]), base / "run.parquet", planned=48, run_id="killed")
+    cand = write(tmp_path / "cand", kv_rows(three_cells["snap"]))
+    code, report, data = gate_cli(tmp_path, base, cand)
+    cell = only_cell(data)
+    assert code == 0 and data["passed"] is True and cell["failed"] is False and cell["status"] == "unchanged"
+    assert (cell["baseline_items"], cell["matched"], cell["candidate_only"]) == (40, 40, 8)
+    assert data["partial"] == {"baseline": [{"run_id": "killed", "rows": 40, "planned": 48}], "candidate": []}
+    assert cell["baseline_partial"] == data["partial"]["baseline"]
+    note = "baseline run killed is partial: 40 of 48 rows; its cells are compared on the rows it has"
+    assert data["notes"] == [note]
+    assert f"> Note: {note}." in report and "baseline run killed partial" in report.split("#### Cells")[1]
+
+    worse = write(tmp_path / "worse", kv_rows(three_cells["snap"] - 0.3))
+    code, _, data = gate_cli(tmp_path, base, worse)  # a partial baseline still catches a regression
+    assert code == 1 and only_cell(data)["status"] == "regressed" and data["notes"] == [note]
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_bad_max_missing_is_a_one_line_usage_error(tmp_path, three_cells, value):
+    base = write(tmp_path / "base", kv_rows(three_cells["snap"]))
+    result = run_cli("gate", "--baseline", str(base), "--candidate", str(base), "--max-missing", value)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: --max-missing must be a fraction between 0 and 1"), lines[0]
+    assert result.stdout == ""
 
 
 # --- the acceptance: the real embedded model --------------------------------------------------------------------
