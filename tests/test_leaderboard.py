@@ -290,3 +290,18 @@ def test_bad_input_is_a_one_line_usage_error(tmp_path):
     assert "exists and is not a directory" in usage_error(lambda: build_site([good], taken))
     assert not out.exists()
     assert build_site([good], out) == out / "index.html"
+
+
+def test_partial_runs_are_marked_in_the_table_and_the_provenance(tmp_path):
+    """A killed run's checkpoint (run_complete false) is marked wherever its cells appear; complete runs are not."""
+    rows = matched_rows()
+    partial = [row for row in rows if row["method"] == "snapkv"]
+    complete = [row for row in rows if row["method"] != "snapkv"]
+    write_atomic(partial, tmp_path / "rows" / "killed.parquet", planned=12, complete=False)
+    write_atomic(complete, tmp_path / "rows" / "whole.parquet")
+    board = aggregate([tmp_path / "rows"])
+    assert cell_of(board.kv, method="snapkv").provenance.partial_runs == ("run-snapkv",)
+    assert cell_of(board.kv, method="full", model="m").provenance.partial_runs == ()
+    page = build_site([tmp_path / "rows"], tmp_path / "site").read_text()
+    assert page.count(">snapkv (partial)<") == 1 and ">full (partial)<" not in page
+    assert "run-snapkv: killed or interrupted before the end" in page
