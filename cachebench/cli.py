@@ -7,8 +7,11 @@ stderr), 130 interrupted.
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -153,8 +156,8 @@ def show_command(
     per category with hit/error rates, F-scores, stale hits, lookup latency and the break-even hit rate."""
     from cachebench.show import console_for_tables, show
 
-    if false_hit_ms is not None and false_hit_ms < 0:
-        raise UsageError(f"--false-hit-ms must be >= 0, got {false_hit_ms}")
+    if false_hit_ms is not None and not (math.isfinite(false_hit_ms) and false_hit_ms >= 0):
+        raise UsageError(f"--false-hit-ms must be a finite number >= 0, got {false_hit_ms}")
     show(paths, console_for_tables(), false_hit_ms)
 
 
@@ -262,7 +265,17 @@ def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:
 
 
 def main() -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback. Libraries' own log
+    lines, Python warnings and progress bars are silenced first (CACHEBENCH_DEBUG=1 keeps them), so that line is
+    the only one: a transformers notice or a datasets bar before it would hide it among noise."""
+    if not os.environ.get("CACHEBENCH_DEBUG"):
+        quiet = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                 "DATASETS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                 "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_VERBOSITY": "error"}
+        for name, value in quiet.items():
+            os.environ.setdefault(name, value)  # read by the libraries when they are first imported
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)  # loggers without handlers print warnings via logging's last resort
     abort, click_error = _click_exception_types("Abort"), _click_exception_types("ClickException")
     try:
         code = app(standalone_mode=False)

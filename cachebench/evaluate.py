@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,8 @@ from cachebench.errors import RunInterrupted, UsageError
 from cachebench.method import KVMethod
 from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
-from cachebench.models.loading import load_model
+from cachebench.models.loading import check_window, load_model, load_tokenizer
+from cachebench.params import INT64_MAX
 from cachebench.registry import build_method, method_track
 from cachebench.results import REUSE_TIERS
 from cachebench.runs import (
@@ -46,27 +46,31 @@ from cachebench.runs import (
     run_identity,
     sigterm_as_interrupt,
 )
-from cachebench.taskspec import TaskSpec, check_mode, resolve_tasks
+from cachebench.taskspec import MAX_LIMIT, TaskSpec, check_data, check_mode, resolve_tasks
 
 
 def _check_request(request: EvalRequest) -> list[TaskSpec]:
+    """Every mistake in the request, found from the names, numbers, files and the model's config alone: nothing
+    is loaded or built before it passes, so a bad value costs a second, not a model load or a memory blow-up."""
     check_mode(request.mode)
     if request.truncate not in TRUNCATE_POLICIES:
         raise UsageError(f"--truncate {request.truncate!r}: expected one of {', '.join(TRUNCATE_POLICIES)}")
     if request.compression not in COMPRESSION_SETTINGS:
         raise UsageError(f"--compression {request.compression!r}: expected one of {', '.join(COMPRESSION_SETTINGS)}")
-    for name, value in (("--limit", request.limit), ("--context-tokens", request.context_tokens)):
+    for name, value in (("--limit", request.limit), ("--context-tokens", request.context_tokens),
+                        ("--max-new-tokens", request.max_new_tokens)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
-    if request.max_new_tokens is not None and request.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {request.max_new_tokens}")
-    if request.data is not None and not Path(request.data).is_file():
-        raise UsageError(f"--data {request.data}: no such file")
+    if request.limit is not None and request.limit > MAX_LIMIT:  # lengths are checked against the window below
+        raise UsageError(f"--limit must be at most {MAX_LIMIT}, got {request.limit}")
+    if not 0 <= request.seed <= INT64_MAX:
+        raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
     specs = resolve_tasks(request.task)
     semantic = [spec.name for spec in specs if spec.track == "semantic"]
     if semantic:
         raise UsageError(f"task {semantic[0]} is a semantic-cache task; method {request.method!r} is a KV-cache "
                          "method (see `cachebench list methods`)")
+    check_data(request.data, specs, request.task)
     for spec in specs:
         for metric in {spec.metric, *spec.metric_by_category.values()}:
             get_scorer(metric)
@@ -74,13 +78,15 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
             if package and importlib.util.find_spec(package) is None:
                 raise UsageError(f"task {spec.name} is scored with {metric}, which needs {package}: "
                                  "pip install 'cachebench[data]'")
+    check_window(request.model, request.context_tokens, request.max_new_tokens, request.truncate)
     return specs
 
 
-def build_episodes(spec: TaskSpec, request: EvalRequest, model: LoadedModel) -> list[Episode]:
-    """Run the task's builder (generator or dataset loader) for this request."""
+def build_episodes(spec: TaskSpec, request: EvalRequest, model: LoadedModel | Any) -> list[Episode]:
+    """Run the task's builder (generator or dataset loader) for this request; `model` is a loaded model or just
+    its tokenizer (all a builder needs to measure lengths)."""
     builder = importlib.import_module(f"cachebench.tasks.builders.{spec.builder}")
-    tokenizer = model.tokenizer
+    tokenizer = model.tokenizer if isinstance(model, LoadedModel) else model
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -187,16 +193,18 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     specs = _check_request(request)
     method = method or build_method(request.method, list(request.params))
     check_output_dir(request.out)
+    # episodes first, with the tokenizer alone: a bad data file is reported before the weights load
+    tokenizer = model.tokenizer if model is not None else load_tokenizer(request.model)
+    built = [(spec, build_episodes(spec, request, tokenizer)) for spec in specs]
+    planned = sum(len(episode.turns) for _, episodes in built for episode in episodes)
+    check_room(request.out, planned)
     model = model or load_model(request.model, request.dtype, request.device, request.attn_impl)
     torch.manual_seed(request.seed)
     chat = ChatFormat(model.tokenizer)
     plan = []
-    for spec in specs:
+    for spec, episodes in built:
         settings = _settings(spec, request)
-        episodes = build_episodes(spec, request, model)
         plan.append((spec, settings, prepare_episodes(episodes, spec, model, chat, settings)))
-    planned = sum(len(p.episode.turns) for _, _, prepared in plan for p in prepared)
-    check_room(request.out, planned)
 
     name, identity = run_identity(
         request.seed, method, model=model.name, model_weights=model.weights, dtype=model.dtype_name,

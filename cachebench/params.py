@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from cachebench.errors import UsageError, unknown_name
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # result rows and numpy store integers as int64
+MAX_TOKENS = 1 << 24  # a sane ceiling for token counts: far above any model's window, far below int64
 
 
 def param(
@@ -78,14 +82,30 @@ def _coerce(name: str, raw: str, tp: Any) -> Any:
                 return False
             raise ValueError(raw)
         if tp is int:
-            return int(raw)
+            return _int64(name, raw)
         if tp is float:
-            return float(raw)
+            return _finite(name, raw)
         if tp is str:
             return raw
     except ValueError:
         raise UsageError(f"--param {name}={raw}: expected {_type_name(tp)}") from None
     raise UsageError(f"--param {name}: unsupported parameter type {tp!r}")
+
+
+def _int64(name: str, raw: str) -> int:
+    """An integer that fits int64: a larger one would overflow torch, numpy or the Parquet row far from here."""
+    value = int(raw)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise UsageError(f"--param {name}={raw}: out of range (an integer must fit in 64 bits)")
+    return value
+
+
+def _finite(name: str, raw: str) -> float:
+    """A finite float: NaN passes every bound check (all comparisons are false) and inf breaks arithmetic later."""
+    value = float(raw)
+    if not math.isfinite(value):
+        raise UsageError(f"--param {name}={raw}: must be a finite number")
+    return value
 
 
 def _check_constraints(cls: type, values: Any) -> None:

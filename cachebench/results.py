@@ -182,6 +182,43 @@ def _upgrade(table: pa.Table, added: tuple[str, ...]) -> pa.Table:
     return table.select(SCHEMA.names)
 
 
+def _castable(actual: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column written as `actual` reads as SCHEMA's `wanted` without changing what it means: the same
+    type, an all-null column, a narrower or wider number of the same kind, an integer where a float is wanted,
+    a timestamp of another unit, a list of castable items. A string where a number is wanted is not."""
+    if actual == wanted or pa.types.is_null(actual):
+        return True
+    kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_timestamp)
+    for kind in kinds:
+        if kind(wanted):
+            return kind(actual) or (pa.types.is_floating(wanted) and pa.types.is_integer(actual))
+    if pa.types.is_string(wanted):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_list(wanted):
+        return ((pa.types.is_list(actual) or pa.types.is_large_list(actual))
+                and _castable(actual.value_type, wanted.value_type))
+    return False
+
+
+def check_columns(file: Path, schema: pa.Schema, version: str, *, complete: bool = True) -> None:
+    """Refuse, in one line naming the file and the first bad column, a result file holding a column of a type that
+    does not read as SCHEMA's (a score written as text) or, when `complete`, lacking a column its schema version
+    has. Readers check this before they touch a row, so a damaged file never surfaces as a KeyError or a query
+    engine's error deep inside. (The leaderboard reads the columns a file lacks as nulls, so it checks types only.)
+    """
+    added = set(UPGRADABLE.get(version, ()))
+    for field in SCHEMA:
+        index = schema.get_field_index(field.name)
+        if index < 0:
+            if complete and field.name not in added:
+                raise UsageError(f"{file}: column {field.name!r} is missing (schema version {version} has it)")
+            continue
+        actual = schema.field(index).type
+        if not _castable(actual, field.type):
+            raise UsageError(f"{file}: column {field.name!r} is {actual}, expected {field.type} (schema version "
+                             f"{version})")
+
+
 def read_results(paths: Iterable[str | Path]) -> pa.Table:
     """All rows of the given files and directories (searched recursively), as one table of SCHEMA."""
     tables = []
@@ -193,12 +230,16 @@ def read_results(paths: Iterable[str | Path]) -> pa.Table:
         version = (table.schema.metadata or {}).get(METADATA_KEY)
         if version is None:
             raise UsageError(f"{file}: not a cachebench result file (no schema version)")
-        version_text = version.decode()
-        if version_text in UPGRADABLE:
-            table = _upgrade(table, UPGRADABLE[version_text])
-        elif version_text != SCHEMA_VERSION:
+        version_text = version.decode(errors="replace")
+        if version_text not in UPGRADABLE and version_text != SCHEMA_VERSION:
             raise UsageError(f"{file}: schema version {version_text}, this cachebench reads {SCHEMA_VERSION}")
-        tables.append(table.cast(SCHEMA))
+        check_columns(file, table.schema, version_text)
+        absent = tuple(name for name in UPGRADABLE.get(version_text, ()) if name not in table.column_names)
+        table = _upgrade(table, absent)
+        try:
+            tables.append(table.cast(SCHEMA))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # e.g. a value too large for its column
+            raise UsageError(" ".join(f"{file}: a value does not fit its column ({exc})".split())) from None
     return pa.concat_tables(tables)
 
 

@@ -7,8 +7,10 @@ multiturn` runs every task tagged with that group.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -17,6 +19,7 @@ from cachebench.errors import UsageError, unknown_name
 
 MODES = ("multi-turn", "multi-request")
 TRACKS = ("kv", "semantic")
+MAX_LIMIT = 1_000_000  # --limit: episodes or requests per task; a generated task would build every one up front
 SEMANTIC_METRIC = "semantic_outcome"  # a semantic row's score: 1 unless it served a wrong or stale response
 
 
@@ -45,6 +48,7 @@ class TaskSpec:
     warmup: float = 0.0  # semantic stream: fraction of requests that only fill the cache (left out of scores)
     categories: tuple[str, ...] = ()  # semantic: the categories its data may use
     llm_cost_ms: dict[str, float] = field(default_factory=dict)  # semantic: set LLM cost per category (else measured)
+    data: str = ""  # what `--data FILE` takes, for tasks that read a dataset; empty: the task generates its data
 
     def metric_for(self, category: str) -> str:
         return self.metric_by_category.get(category, self.metric)
@@ -68,6 +72,7 @@ def _identity(data: dict[str, Any]) -> dict[str, Any]:
         "builder": data["builder"],
         "builder_args": dict(data.get("args", {}) or {}),
         "source": data["source"],
+        "data": str(data.get("data") or ""),
     }
 
 
@@ -157,6 +162,65 @@ def resolve_tasks(name: str) -> list[TaskSpec]:
     if name in by_group:
         return [specs[n] for n in by_group[name]]
     raise unknown_name("task", name, [*specs, *by_group])
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest start every name shares (the first and last in sorted order bound all the others)."""
+    first, last = min(names), max(names)
+    size = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
+    return first[:size]
+
+
+def _data_tasks() -> str:
+    """The tasks that read a dataset, for messages: a builder's tasks sharing a name prefix are listed as one
+    pattern (`multiturn.scbench_*`), so the list stays one short line."""
+    by_builder: dict[str, list[str]] = {}
+    for spec in all_tasks().values():
+        if spec.data:
+            by_builder.setdefault(spec.builder, []).append(spec.name)
+    shown = []
+    for names in by_builder.values():
+        prefix = _common_prefix(names)
+        shown.append(f"{prefix}*" if len(names) > 2 and "." in prefix else ", ".join(names))
+    return ", ".join(shown)
+
+
+def check_data_file(data: str) -> None:
+    """`--data` must name a readable regular file; a folder or a device is told apart from a missing path."""
+    path = Path(data)  # as the builders open it
+    if path.is_dir():
+        raise UsageError(f"--data {data}: is a directory; --data takes one file")
+    if not path.exists():
+        raise UsageError(f"--data {data}: no such file")
+    if not path.is_file():
+        raise UsageError(f"--data {data}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"--data {data}: not readable (permission denied)")
+
+
+def check_data(data: str | None, specs: list[TaskSpec], task: str) -> None:
+    """Refuse a `--data` that would be ignored or misapplied: only tasks whose YAML declares `data` read one, and
+    one file is one task's data (a group's tasks each read a different shape). Without `--data`, a task whose
+    source is only a file (`source: "file: ..."`) is refused here rather than after a model load."""
+    if data is None:
+        needs_file = [spec for spec in specs if spec.data and spec.source.startswith("file:")]
+        if needs_file:
+            spec = needs_file[0]
+            raise UsageError(f"task {spec.name} needs --data FILE, {spec.data}; it has no hub source "
+                             f"(source: {spec.source.removeprefix('file:').strip()})")
+        return
+    check_data_file(data)
+    generated = [spec.name for spec in specs if not spec.data]
+    if generated:
+        raise UsageError(f"task {generated[0]} generates its data; --data applies to tasks that read a dataset: "
+                         f"{_data_tasks()}")
+    if len(specs) > 1:
+        names = [spec.name for spec in specs]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UsageError(f"--data is one task's data; {task} is a group of {len(names)} tasks (name one: {shown})")
+    from cachebench.tasks.builders.hub_records import check_data_size
+
+    check_data_size(data)  # a file (or a .gz's content) past the size limit, refused before any model loads
 
 
 def check_mode(mode: str | None) -> None:

@@ -267,9 +267,7 @@ def test_damaged_blocks_are_counted_in_the_rows(tmp_path: Path) -> None:
     assert all(block.read_bytes() != data for block, data in damaged.items())  # no damaged file is left
     assert f"KV store: {corrupt} damaged disk block(s)" in second.stderr
     assert read_results([first_out])["score"].to_pylist() == table["score"].to_pylist()  # recomputed, same answers
-    third = run(*args, "--out", str(tmp_path / "third"))  # nothing damaged any more: nothing to report
-    assert third.returncode == 0 and "damaged" not in third.stderr
-    assert sum(read_results([tmp_path / "third"])["reuse_corrupt_blocks"].to_pylist()) == 0
+    assert sum(read_results([first_out])["reuse_corrupt_blocks"].to_pylist()) == 0  # nothing damaged: none counted
 
 
 # ----------------------------------------------------------------------------------------------- output folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachebench.params import param
+from cachebench.params import MAX_TOKENS, param
 
 DEFAULT_RATIO = 0.5
 
@@ -16,7 +16,8 @@ class BudgetParams:
 
     ratio: float | None = param(None, f"fraction of the cache removed ({DEFAULT_RATIO} unless budget is set)",
                                 low=0.0, high=0.99)
-    budget: int | None = param(None, "absolute number of tokens kept per layer and head, instead of a ratio", low=1)
+    budget: int | None = param(None, "absolute number of tokens kept per layer and head, instead of a ratio", low=1,
+                               high=MAX_TOKENS)
 
     def __post_init__(self) -> None:
         if self.ratio is not None and self.budget is not None:

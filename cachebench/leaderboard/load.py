@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cachebench.errors import UsageError
-from cachebench.results import METADATA_KEY, SCHEMA, SCHEMA_VERSION, UPGRADABLE, _files
+from cachebench.results import METADATA_KEY, SCHEMA, SCHEMA_VERSION, UPGRADABLE, _files, check_columns
 
 ROWS = "results"
 SOURCE = "source"
@@ -88,9 +88,12 @@ def _checked(file: Path) -> tuple[set[str], int]:
     version = (metadata.metadata or {}).get(METADATA_KEY)
     if version is None:
         raise UsageError(f"{file}: not a cachebench result file (no schema version)")
-    if version.decode() not in (SCHEMA_VERSION, *UPGRADABLE):
-        raise UsageError(f"{file}: schema version {version.decode()}, this cachebench reads {SCHEMA_VERSION}")
-    return set(metadata.schema.to_arrow_schema().names), metadata.num_rows
+    version_text = version.decode(errors="replace")
+    if version_text not in (SCHEMA_VERSION, *UPGRADABLE):
+        raise UsageError(f"{file}: schema version {version_text}, this cachebench reads {SCHEMA_VERSION}")
+    schema = metadata.schema.to_arrow_schema()
+    check_columns(file, schema, version_text, complete=False)  # a text `score` would fail in DuckDB's binder
+    return set(schema.names), metadata.num_rows
 
 
 def _one_line(message: str) -> str:

@@ -40,10 +40,15 @@ def _stamp(source: Path) -> dict[str, object]:
     return {"format": _FORMAT_VERSION, "source": str(source), "size": stat.st_size}
 
 
+def converted_folder() -> Path:
+    """Where the converted copy lives (or will): read its config without converting anything."""
+    return cache_dir() / "models" / "smollm2-135m-instruct"
+
+
 def tokenizer_dir() -> Path:
     """A folder with the embedded tokenizer. Random-weight models need only this, so a copy of the tokenizer files
     alone (e.g. carried to a GPU machine without the GGUF package) is used as is, without converting the weights."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = converted_folder()
     if (target / "tokenizer.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     return converted_dir()
@@ -52,7 +57,7 @@ def tokenizer_dir() -> Path:
 def converted_dir() -> Path:
     """The safetensors copy of the embedded model, converting it on first use."""
     source = gguf_path()
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = converted_folder()
     stamp_file = target / "cachebench.json"
     if stamp_file.is_file():
         try:

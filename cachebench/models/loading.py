@@ -6,6 +6,7 @@ loaded through transformers, or `random:<preset|config.json>` (random weights of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ import torch
 from cachebench.errors import UsageError
 from cachebench.models import embedded
 from cachebench.models.loaded import LoadedModel
+from cachebench.params import MAX_TOKENS
 
 DEFAULT_MODEL = "embedded"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+MIDDLE_TRUNCATION_FACTOR = 4  # --truncate middle: longest --context-tokens, in windows (the rest is cut anyway)
+EMBEDDED_PRESET = "smollm2-135m"  # the random-weight preset of the embedded model's shape (same 8192-token window)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +85,140 @@ def _from_hub(model_id: str, dtype: torch.dtype, attn_impl: str) -> tuple[Any, A
     return _from_pretrained(model_id, dtype, attn_impl)
 
 
+def _looks_local(spec: str, path: Path) -> bool:
+    """A folder on disk (or meant to be one), not a hub id: how load_model and model_window tell them apart."""
+    return path.exists() or spec.startswith((".", "/", "~"))
+
+
+def _local_config(spec: str, path: Path) -> dict[str, Any]:
+    """A local model folder's config.json, or the one-line error load_model would give for it."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise UsageError(f"--model {spec}: not a readable model folder (no config.json)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--model {spec}: {file} is not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--model {spec}: {file} is not a JSON object")
+    return config
+
+
+def _embedded_config() -> dict[str, Any]:
+    """The embedded model's config without converting it: the converted folder's config.json (embedded.py's
+    converted_dir) when it exists, else the preset of the same shape. Converting loads the weights (15 s)."""
+    converted = embedded.converted_folder() / "config.json"
+    try:
+        config = json.loads(converted.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and config.get("max_position_embeddings"):
+            return config
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    from cachebench.models import random_init
+
+    return random_init.read_config(EMBEDDED_PRESET)
+
+
+def _hub_config(model_id: str) -> dict[str, Any] | None:
+    """A hub model's config from the local HF cache, else from the hub when it answers; None when neither has it
+    (load_model then says why in one line)."""
+    from transformers import AutoConfig
+
+    from cachebench.hub import hub_reachable
+
+    for local_only in (True, False):
+        if not local_only and not hub_reachable():
+            return None
+        try:
+            return AutoConfig.from_pretrained(model_id, local_files_only=local_only).to_dict()
+        except Exception:  # not cached, not on the hub, an unknown architecture: load_model reports it
+            continue
+    return None
+
+
+def _window(config: dict[str, Any] | None) -> int | None:
+    """max_position_embeddings of a config (of its text model for a multimodal one), None when it sets none."""
+    if config is None:
+        return None
+    value = config.get("max_position_embeddings")
+    if value is None and isinstance(config.get("text_config"), dict):
+        value = config["text_config"].get("max_position_embeddings")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def model_window(spec: str, *, ask_hub: bool = True) -> int | None:
+    """The context window of the model `--model` names, read from its config alone (no weights), so a request
+    that cannot fit is refused before anything loads; a local folder without a config or a broken random config
+    is refused here too. None when the window cannot be known: a config that sets none, or a hub id that is
+    neither cached nor reachable (or not asked for, `ask_hub=False`: the hub costs a network round trip)."""
+    if spec == DEFAULT_MODEL:
+        return _window(_embedded_config())
+    if spec.startswith("random:"):
+        from cachebench.models import random_init
+
+        return _window(random_init.build_config(spec.removeprefix("random:")).to_dict())
+    path = Path(spec).expanduser()
+    if _looks_local(spec, path):
+        return _window(_local_config(spec, path))
+    return _window(_hub_config(spec)) if ask_hub else None
+
+
+def check_window(spec: str, context_tokens: int | None, max_new_tokens: int | None, truncate: str) -> None:
+    """Lengths against the window of the model `spec` names, read from its config without the weights: a context
+    target far past the window would be built in full (gigabytes) before the per-episode check could refuse it.
+    With --truncate middle a longer context is allowed (its middle is cut), up to MIDDLE_TRUNCATION_FACTOR windows.
+    Whatever the model (its window may be unknown offline), no length may pass MAX_TOKENS."""
+    window = model_window(spec, ask_hub=context_tokens is not None or max_new_tokens is not None)
+    if window is not None:
+        _check_against_window(window, context_tokens, max_new_tokens, truncate)
+    for name, value in (("--context-tokens", context_tokens), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value > MAX_TOKENS:
+            raise UsageError(f"{name} must be at most {MAX_TOKENS}, got {value}")
+
+
+def _check_against_window(window: int, context_tokens: int | None, max_new_tokens: int | None,
+                          truncate: str) -> None:
+    if max_new_tokens is not None and max_new_tokens >= window:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} does not fit the model's {window}-token window")
+    if context_tokens is None:
+        return
+    if truncate == "error" and context_tokens > window:
+        raise UsageError(f"--context-tokens {context_tokens} is more than the model's {window}-token window "
+                         "(lower it, or pass --truncate middle)")
+    if context_tokens > MIDDLE_TRUNCATION_FACTOR * window:
+        raise UsageError(f"--context-tokens {context_tokens} is more than {MIDDLE_TRUNCATION_FACTOR} times the "
+                         f"model's {window}-token window (--truncate middle keeps at most {window})")
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of the model `spec` names, without its weights: tasks are built (and their data checked) with
+    it before the model loads, so a bad data file costs a second, not a model load."""
+    from transformers import AutoTokenizer
+
+    try:
+        if spec == DEFAULT_MODEL:
+            return AutoTokenizer.from_pretrained(embedded.converted_dir())
+        if spec.startswith("random:"):
+            return AutoTokenizer.from_pretrained(embedded.tokenizer_dir())
+        path = Path(spec).expanduser()
+        if _looks_local(spec, path):
+            _local_config(spec, path)  # the one-line error load_model would give for a folder without a config
+            return AutoTokenizer.from_pretrained(path)
+        try:
+            return AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        except OSError:
+            from cachebench.hub import hub_endpoint, hub_reachable
+
+            if not hub_reachable():
+                raise UsageError(f"--model {spec}: not in the local Hugging Face cache and {hub_endpoint()} cannot "
+                                 "be reached (pass a local model folder instead)") from None
+            return AutoTokenizer.from_pretrained(spec)
+    except UsageError:
+        raise
+    except (OSError, ValueError, ImportError) as exc:
+        raise UsageError(f"--model {spec}: cannot load its tokenizer: {_first_line(exc)}") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -113,7 +251,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: 
             name, weights = spec, "random"
         else:
             path = Path(spec).expanduser()
-            looks_local = path.exists() or spec.startswith((".", "/", "~"))
+            looks_local = _looks_local(spec, path)
             if looks_local and not (path / "config.json").is_file():
                 raise UsageError(f"--model {spec}: not a readable model folder (no config.json)")
             name = spec

@@ -7,12 +7,14 @@ data file) is reported before the stream runs. One row per looked-up request.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import torch
 
 from cachebench import provenance
 from cachebench.errors import RunInterrupted, UsageError
+from cachebench.params import INT64_MAX
 from cachebench.runs import (
     EvalOutcome,
     EvalRequest,
@@ -29,7 +31,7 @@ from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
 from cachebench.semantic.method import SemanticMethod
 from cachebench.semantic.runner import RequestResult, StreamRunner
 from cachebench.semantic.stream import Stream, StreamRequest
-from cachebench.taskspec import SEMANTIC_METRIC, TaskSpec
+from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, check_data
 
 
 def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
@@ -52,6 +54,7 @@ def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
 
 
 def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
+    """Everything the user can get wrong that needs no embedder, store or data read; returns --llm-cost-ms."""
     kv_tasks = [spec.name for spec in specs if spec.track != "semantic"]
     if kv_tasks:
         raise UsageError(f"method {request.method!r} is a semantic cache; task {kv_tasks[0]} is a KV-cache task "
@@ -60,7 +63,15 @@ def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
         raise UsageError("--mode applies to KV tasks; a semantic task's protocol comes with the task")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {request.limit}")
-    return parse_llm_cost(request.llm_cost)
+    if request.limit is not None and request.limit > MAX_LIMIT:
+        raise UsageError(f"--limit must be at most {MAX_LIMIT}, got {request.limit}")
+    if not 0 <= request.seed <= INT64_MAX:
+        raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
+    check_data(request.data, specs, request.task)
+    costs = parse_llm_cost(request.llm_cost)
+    if not all(math.isfinite(cost) for cost in costs.values()):  # nan passes `cost <= 0`; inf breaks h* and F
+        raise UsageError(f"--llm-cost-ms {request.llm_cost!r}: costs must be finite numbers of milliseconds")
+    return costs
 
 
 def _llm_costs(request: EvalRequest, spec: TaskSpec, stream: Stream, given: dict[str, float]
@@ -125,6 +136,9 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     progress = progress or Silent()
     given = _check(request, specs)
     check_output_dir(request.out)
+    streams = [build_stream(spec, request) for spec in specs]  # a bad data file is reported before any load
+    planned = sum(_looked_up(stream) for stream in streams)
+    check_room(request.out, planned)
     from cachebench.models.loading import resolve_device
 
     embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
@@ -136,12 +150,9 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     method.open(embedder.dim, f"{run_id}-0")  # an unreachable store server fails here, before any work
     plan = []
     try:
-        for spec in specs:
-            stream = build_stream(spec, request)
+        for spec, stream in zip(specs, streams, strict=True):
             costs, llm = _llm_costs(request, spec, stream, given)
             plan.append((spec, stream, costs, llm))
-        planned = sum(_looked_up(stream) for _, stream, _, _ in plan)
-        check_room(request.out, planned)
     except BaseException:
         _close(method, [])
         raise

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from cachebench.errors import UsageError
-from cachebench.tasks.builders.hub_records import one_line
+from cachebench.tasks.builders.hub_records import check_data_size, one_line
 
 TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "a number", bool: "true or false"}
 
 
 def read_records(path: str | Path, label: str, shape: str) -> list[Any]:
-    """The records of a JSON array or JSON-lines file; `label` names the file in messages."""
+    """The records of a JSON array or JSON-lines file; `label` names the file in messages. A file past the
+    --data size limit is refused unread; a leading UTF-8 byte-order mark is dropped."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        check_data_size(path)
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{label}: cannot read ({one_line(exc)})") from exc
     stripped = text.lstrip()

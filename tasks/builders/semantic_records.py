@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import math
 import tarfile
@@ -20,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from cachebench.errors import UsageError
-from cachebench.tasks.builders.hub_records import load_records, one_line
+from cachebench.tasks.builders.hub_records import (
+    check_data_size,
+    load_records,
+    max_data_bytes,
+    one_line,
+    read_capped,
+    too_large,
+)
 
 
 def records(data_path: str | None, shape: str, *, hub_id: str | None = None, split: str = "train",
@@ -40,6 +46,8 @@ def records(data_path: str | None, shape: str, *, hub_id: str | None = None, spl
 def read_local(path: str, shape: str, keep: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Every record of a local file, as dicts; the file's format is chosen by its extension."""
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"{path}: is a directory (--data takes one local file of {shape} record shape)")
     if not file.is_file():
         raise UsageError(f"{path}: no such file (--data takes a local file of {shape} record shape)")
     suffix = file.suffix.lower()
@@ -62,16 +70,35 @@ def read_local(path: str, shape: str, keep: Callable[[str], bool] | None = None)
 
 
 def _text(file: Path) -> str:
-    data = file.read_bytes()
+    """The file's text, a leading UTF-8 byte-order mark dropped (spreadsheet exports write one). A `.gz` is the
+    first regular member of a tar archive, else a gzip stream; either way decompressed within the size limit."""
     if file.suffix.lower() == ".gz":
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-                member = next((m for m in archive.getmembers() if m.isfile()), None)
-                extracted = archive.extractfile(member) if member is not None else None
-                data = extracted.read() if extracted is not None else b""
-        except tarfile.ReadError:
-            data = gzip.decompress(data)
-    return data.decode("utf-8")
+        data = _gz_payload(file, max_data_bytes())
+    else:
+        check_data_size(file)
+        data = file.read_bytes()
+    return data.decode("utf-8-sig")
+
+
+def _gz_payload(file: Path, limit: int) -> bytes:
+    """The decompressed payload of a .gz, read in chunks and refused past `limit` (a gzip bomb is a few kB that
+    expand to gigabytes); a tar member whose header declares more is refused before a byte of it is read."""
+    try:
+        with tarfile.open(file, mode="r:*") as archive:  # any compression, as GPTCache names tar.gz files .json.gz
+            member = archive.next()
+            while member is not None and not member.isfile():
+                member = archive.next()
+            if member is None:
+                return b""
+            label = f"{file} (tar member {member.name})"
+            if member.size > limit:
+                raise too_large(label, limit, "decompresses to")
+            extracted = archive.extractfile(member)
+            return read_capped(extracted, label, limit) if extracted is not None else b""
+    except tarfile.ReadError:
+        pass  # not a tar archive: a plain gzip stream
+    with gzip.open(file, "rb") as stream:
+        return read_capped(stream, str(file), limit)
 
 
 def _json(path: str, text: str) -> list[dict[str, Any]]:
@@ -109,15 +136,36 @@ def _json(path: str, text: str) -> list[dict[str, Any]]:
 
 
 def _parquet(file: Path, keep: Callable[[str], bool] | None) -> list[dict[str, Any]]:
+    """The kept columns' rows; their uncompressed size, which the footer states, is checked against the limit
+    first (Parquet pages are compressed too)."""
     import pyarrow.parquet as pq
 
-    names = pq.ParquetFile(file).schema_arrow.names
+    parquet = pq.ParquetFile(file)
+    names = parquet.schema_arrow.names
     columns = [name for name in names if keep is None or keep(name)]
+    limit = max_data_bytes()
+    if _uncompressed_bytes(parquet.metadata, set(columns)) > limit:
+        raise too_large(str(file), limit, "decompresses to")
     return pq.read_table(file, columns=columns).to_pylist()
 
 
+def _uncompressed_bytes(metadata: Any, columns: set[str]) -> int:
+    """The uncompressed size of the given top-level columns, as the Parquet footer records it per column chunk."""
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if chunk.path_in_schema.split(".")[0] in columns:
+                total += chunk.total_uncompressed_size
+    return total
+
+
 def _csv(file: Path) -> list[dict[str, Any]]:
-    with file.open(newline="", encoding="utf-8") as handle:
+    """Rows of a CSV with a header line; a leading byte-order mark (Excel's "CSV UTF-8") is not part of the first
+    column's name."""
+    check_data_size(file)
+    with file.open(newline="", encoding="utf-8-sig") as handle:
         return [dict(row) for row in csv.DictReader(handle)]
 
 
