@@ -113,6 +113,7 @@ def _settings(spec: TaskSpec, request: EvalRequest) -> RunSettings:
         truncate=request.truncate,
         max_new_tokens=request.max_new_tokens,
         compression=request.compression,
+        context_length=request.context_tokens or spec.context_tokens,
     )
 
 
@@ -120,10 +121,12 @@ def _row(identity: dict[str, Any], spec: TaskSpec, settings: RunSettings, measur
          references: list[str], metric: str, score: float | None, reuse_method: bool) -> dict[str, Any]:
     return {
         **identity,
+        "track": "kv",
         "task": spec.name,
         "subtask": spec.subtask,
         "mode": settings.mode,
         "compression": settings.compression,
+        "context_length": settings.context_length,
         "truncation": "none" if settings.truncate == "error" else settings.truncate,
         "episode_id": measure.episode_id,
         "turn": measure.turn,

@@ -28,9 +28,15 @@ def param(
     low: float | None = None,
     high: float | None = None,
     choices: tuple[Any, ...] | None = None,
+    infrastructure: bool = False,
 ) -> Any:
-    """Declare one method parameter: its default, a help line, and optional inclusive bounds or choices."""
-    return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+    """Declare one method parameter: its default, a help line, and optional inclusive bounds or choices.
+
+    `infrastructure` marks a setting of where or how big the storage is (a store, a server URL, a path, a tier's
+    capacity) rather than of what the method computes: it is recorded in `method_params` but does not split a
+    result cell (`cell_params` leaves it out), so one method run against four stores is one cell."""
+    return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                                         "infrastructure": infrastructure})
 
 
 @dataclass(frozen=True)
@@ -166,3 +172,8 @@ def describe_params(cls: type) -> list[ParamInfo]:
 def canonical_json(values: Any) -> str:
     """Stable JSON of a parameter instance: sorted keys, no spaces, so equal settings compare equal."""
     return json.dumps(dataclasses.asdict(values), sort_keys=True, separators=(",", ":"))
+
+
+def infrastructure_fields(cls: type) -> frozenset[str]:
+    """The parameters of `cls` declared with `infrastructure=True` (see `param`)."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("infrastructure"))

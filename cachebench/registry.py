@@ -11,7 +11,7 @@ from typing import Any
 
 from cachebench.baselines import KV_METHODS, SEMANTIC_METHODS
 from cachebench.errors import unknown_name
-from cachebench.params import parse_params
+from cachebench.params import infrastructure_fields, parse_params
 
 _ALL = {**KV_METHODS, **SEMANTIC_METHODS}
 
@@ -42,3 +42,11 @@ def build_method(name: str, assignments: list[str]) -> Any:
     """Instantiate a method with `--param name=value` settings validated against its declared parameters."""
     cls = method_class(name)
     return cls(parse_params(cls.Params, assignments, owner=name))
+
+
+def infrastructure_params(name: str) -> frozenset[str]:
+    """The parameters of method `name` that say where or how big its storage is, not what it computes
+    (cachebench.params.param's `infrastructure`); empty for a name this version does not know."""
+    if name not in _ALL:
+        return frozenset()
+    return infrastructure_fields(method_class(name).Params)

@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cachebench.derived import derive
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
 # semantic-track columns added in version 4 (null on KV rows)
@@ -27,13 +28,17 @@ _SEMANTIC_V4 = ("user", "class_id", "served_class", "warmup", "embed_ms", "fetch
                 "cache_bytes")
 # run-completeness and store-repair columns added in version 6 (null in older files: completeness unknown)
 _RUN_V6 = ("reuse_corrupt_blocks", "run_planned", "run_complete")
-# older versions are read by adding the columns they lack as nulls
+# columns every reader used to work out for itself, written since version 7 (cachebench.derived fills them in for
+# older files, from the columns those have)
+_DERIVED_V7 = ("track", "cell_params", "context_length", "request_ttft_ms", "exact_match")
+# older versions are read by adding the columns they lack as nulls, then deriving what can be derived
 UPGRADABLE = {
-    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
-    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
-    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6),
-    "4": ("peak_kv_bytes", *_RUN_V6),
-    "5": _RUN_V6,
+    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
+    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
+    "4": ("peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
+    "5": (*_RUN_V6, *_DERIVED_V7),
+    "6": _DERIVED_V7,
 }
 METADATA_KEY = b"cachebench.schema_version"
 RUN_STATE_KEY = b"cachebench.run"  # {"complete": bool, "planned_rows": int, "rows": int}, since version 6
@@ -47,12 +52,15 @@ SCHEMA = pa.schema(
         ("git_sha", pa.string()),
         ("seed", pa.int64()),
         # what ran
+        ("track", pa.string()),  # kv | semantic | perf: which harness wrote the row
         ("task", pa.string()),
         ("subtask", pa.string()),
         ("mode", pa.string()),
         ("compression", pa.string()),
+        ("context_length", pa.int64()),  # the target context length a generated task was built for (null: as is)
         ("method", pa.string()),
         ("method_params", pa.string()),
+        ("cell_params", pa.string()),  # method_params without storage/infrastructure settings: the cell's identity
         ("model", pa.string()),
         ("model_weights", pa.string()),
         ("dtype", pa.string()),
@@ -70,6 +78,7 @@ SCHEMA = pa.schema(
         ("references", pa.list_(pa.string())),
         ("metric", pa.string()),
         ("score", pa.float64()),
+        ("exact_match", pa.float64()),  # a secondary score where the task defines one (longconvqa), else null
         # cost
         ("context_tokens", pa.int64()),
         ("prompt_tokens", pa.int64()),
@@ -85,6 +94,7 @@ SCHEMA = pa.schema(
         ("peak_kv_bytes", pa.int64()),
         ("prefill_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
+        ("request_ttft_ms", pa.float64()),  # the whole request's time to first token, context prefill included
         ("decode_ms_per_token", pa.float64()),
         # semantic-cache outcome (null on KV rows)
         ("hit", pa.bool_()),
@@ -122,7 +132,7 @@ def to_table(rows: Sequence[dict[str, Any]], run: dict[str, Any] | None = None) 
     run = run or {}
     columns = {field.name: [run[field.name]] * len(rows) if field.name in run else [row.get(field.name) for row in rows]
                for field in SCHEMA}
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+    return derive(pa.Table.from_pydict(columns, schema=SCHEMA))
 
 
 def write_atomic(rows: Sequence[dict[str, Any]], path: Path, *, planned: int | None = None,
@@ -237,9 +247,10 @@ def read_results(paths: Iterable[str | Path]) -> pa.Table:
         absent = tuple(name for name in UPGRADABLE.get(version_text, ()) if name not in table.column_names)
         table = _upgrade(table, absent)
         try:
-            tables.append(table.cast(SCHEMA))
+            table = table.cast(SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # e.g. a value too large for its column
             raise UsageError(" ".join(f"{file}: a value does not fit its column ({exc})".split())) from None
+        tables.append(derive(table) if absent else table)
     return pa.concat_tables(tables)
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
+from cachebench.derived import SEMANTIC_METRIC  # a semantic row's score: 1 unless it served a wrong or stale response
 from cachebench.errors import UsageError, unknown_name
 
 MODES = ("multi-turn", "multi-request")
 TRACKS = ("kv", "semantic")
 MAX_LIMIT = 1_000_000  # --limit: episodes or requests per task; a generated task would build every one up front
-SEMANTIC_METRIC = "semantic_outcome"  # a semantic row's score: 1 unless it served a wrong or stale response
 
 
 @dataclass(frozen=True)

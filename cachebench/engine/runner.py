@@ -35,6 +35,7 @@ class RunSettings:
     truncate: str = "error"
     max_new_tokens: int | None = None  # overrides the task's
     compression: str = "query-agnostic"  # or "query-aware": the first question joins the compressed prefill
+    context_length: int | None = None  # the target context length the task's episodes were built for (recorded)
 
 
 @dataclass

@@ -29,10 +29,11 @@ _MB = 2**20
 
 @dataclass(frozen=True)
 class StoreParams:
-    device_mb: int = param(2048, "device-memory tier capacity in MiB (0 disables it)", low=0)
-    cpu_mb: int = param(8192, "CPU-memory tier capacity in MiB (0 disables it)", low=0)
-    disk_mb: int = param(0, "local-disk tier capacity in MiB (0: off; blocks then do not outlive the run)", low=0)
-    disk_dir: str = param("", "disk tier folder (default: <cache dir>/kvstore)")
+    device_mb: int = param(2048, "device-memory tier capacity in MiB (0 disables it)", low=0, infrastructure=True)
+    cpu_mb: int = param(8192, "CPU-memory tier capacity in MiB (0 disables it)", low=0, infrastructure=True)
+    disk_mb: int = param(0, "local-disk tier capacity in MiB (0: off; blocks then do not outlive the run)", low=0,
+                         infrastructure=True)
+    disk_dir: str = param("", "disk tier folder (default: <cache dir>/kvstore)", infrastructure=True)
 
 
 def model_namespace(model: LoadedModel, variant: str) -> str:

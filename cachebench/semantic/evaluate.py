@@ -97,6 +97,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: s
     wrong = result.outcome == "FP" or result.stale
     return {
         **identity,
+        "track": "semantic",
         "task": spec.name,
         "subtask": spec.subtask,
         "mode": spec.mode,

@@ -33,15 +33,16 @@ class SemanticParams:
         "hnsw", "vector index: hnswlib HNSW, faiss HNSW, or exact brute force (the reference)")
     store: Literal["sqlite", "memory", "redis", "chroma"] = param(
         "sqlite", "document store beside the in-memory index (sqlite, memory, redis server), or chroma: a remote "
-                  "vector-DB server holding vectors and documents")
+                  "vector-DB server holding vectors and documents", infrastructure=True)
     scope: Literal["global", "user"] = param("global", "user: one partition per user; no user sees another's")
     candidates: int = param(4, "nearest neighbours fetched per lookup (expired ones are skipped)", low=1)
     hnsw_m: int = param(16, "HNSW graph degree M", low=2)
     hnsw_ef_construction: int = param(200, "HNSW build-time candidate list", low=8)
     hnsw_ef: int = param(64, "HNSW search-time candidate list", low=1)
-    sqlite_path: str = param("", "SQLite file for store=sqlite (default: a temporary file removed at the end)")
-    redis_url: str = param("redis://127.0.0.1:6379/0", "Redis server for store=redis")
-    chroma_url: str = param("http://127.0.0.1:8000", "Chroma server for store=chroma")
+    sqlite_path: str = param("", "SQLite file for store=sqlite (default: a temporary file removed at the end)",
+                              infrastructure=True)
+    redis_url: str = param("redis://127.0.0.1:6379/0", "Redis server for store=redis", infrastructure=True)
+    chroma_url: str = param("http://127.0.0.1:8000", "Chroma server for store=chroma", infrastructure=True)
 
 
 def partition_key(*parts: str) -> str:
