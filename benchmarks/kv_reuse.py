@@ -50,7 +50,7 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    from cachebench.show import request_ttft
+    from cachebench.derived import request_ttft
     from cachebench.stats import cluster_bootstrap_ci
 
     cells: dict[str, list[dict[str, Any]]] = defaultdict(list)

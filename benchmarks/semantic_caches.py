@@ -63,8 +63,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     import pyarrow as pa
 
     from cachebench.results import to_table
-    from cachebench.semantic.report import ALL, summarize_semantic, tradeoff
+    from cachebench.semantic.report import ALL, tradeoff
     from cachebench.semantic.scoring import cost_model
+    from cachebench.semantic.summary import summarize_semantic
 
     table = to_table(rows) if not isinstance(rows, pa.Table) else rows
     cells = summarize_semantic(table)

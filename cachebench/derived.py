@@ -88,9 +88,11 @@ def _cell_params(table: pa.Table) -> pa.Array:
 
 
 def _request_ttft(table: pa.Table) -> pa.Array:
-    """request_ttft, vectorised: ttft_ms, plus prefill_ms on multi-request rows and first turns. KV rows only."""
-    with_context = pc.or_(pc.equal(pc.fill_null(table["mode"], ""), "multi-request"),
-                          pc.equal(pc.fill_null(table["turn"], -1), 0))
+    """request_ttft, vectorised: ttft_ms, plus prefill_ms on multi-request rows and first turns. KV rows only; a
+    perf row's ttft_ms is already the whole request's (its prefill, then the first token)."""
+    perf = pc.equal(pc.fill_null(table["track"], ""), "perf")
+    with_context = pc.and_(pc.invert(perf), pc.or_(pc.equal(pc.fill_null(table["mode"], ""), "multi-request"),
+                                                   pc.equal(pc.fill_null(table["turn"], -1), 0)))
     total = pc.if_else(with_context, pc.add(table["ttft_ms"], table["prefill_ms"]), table["ttft_ms"])
     semantic = pc.equal(pc.fill_null(table["metric"], ""), SEMANTIC_METRIC)
     return pc.if_else(semantic, pa.scalar(None, pa.float64()), pc.cast(total, pa.float64()))

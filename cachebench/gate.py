@@ -1,10 +1,10 @@
 """`cachebench gate`: does a candidate run regress against a baseline run?
 
-Both sides are result files. Rows are grouped into cells (task, method, params, model, mode, compression) and
-paired item by item, so the comparison is about the change, not about which items happened to run. A cell fails
-when the score drop is larger than the tolerance with the chosen confidence (paired bootstrap, resampling whole
-episodes because the turns of one episode are correlated), or when a requested cost check is exceeded: a noisy
-difference on a few items never blocks a pull request.
+Both sides are result files. Rows are grouped into cells (cachebench.cells.IDENTITY, each item once, as `show` and
+the leaderboard read them) and paired item by item, so the comparison is about the change, not about which items
+happened to run. A cell fails when the score drop is larger than the tolerance with the chosen confidence (paired
+bootstrap, resampling whole episodes because the turns of one episode are correlated), or when a requested cost
+check is exceeded: a noisy difference on a few items never blocks a pull request.
 
 A check that cannot be made is a failed check, never a silent pass: a cell also fails when baseline items are
 missing from the candidate (beyond `--max-missing`), when too few items are matched to compute an interval, when a
@@ -23,16 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from cachebench.cells import IDENTITY
 from cachebench.errors import UsageError
-from cachebench.results import PartialRun, partial_runs, read_results
-from cachebench.show import request_ttft
-from cachebench.taskspec import SEMANTIC_METRIC
+from cachebench.resultdb import ITEMS, ROWS, open_results
+from cachebench.results import PartialRun
+from cachebench.stats import cluster_bootstrap_ci
 
-CELL_KEY = ("task", "method", "method_params", "model", "mode", "compression")
-_COLUMNS = (*CELL_KEY, "seed", "episode_id", "turn", "metric", "score", "error", "warmup", "prefill_ms", "ttft_ms",
-            "kv_bytes", "run_id", "run_planned", "run_complete")
+CELL_KEY = IDENTITY  # track first
 _FAILING_FIRST = {"missing": 0, "incomparable": 1, "regressed": 2, "improved": 3, "new": 4, "unchanged": 5}
-_BOOTSTRAP_CHUNK = 1 << 22  # cluster picks drawn at once: bounds memory on cells of many thousand items
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ class GateResult:
 
 @dataclass
 class _Item:
-    score: float | None  # mean over the side's error-free rows of the item; None when every row failed
+    score: float | None  # None when the item failed; NaN for a perf item (timings, no score)
     ttft: float
     kv: float
 
@@ -127,7 +125,7 @@ class _Side:
     """One side of the comparison, as read from its result files."""
 
     cells: dict[tuple, dict[tuple, _Item]]  # cell key -> item key -> item
-    semantic: set[tuple]  # the semantic-cache cells among them
+    tracks: dict[tuple, str]  # cell key -> kv | semantic | perf
     partial: list[PartialRun]  # runs whose rows say they did not finish (run_complete false)
     partial_cells: dict[tuple, set[str]]  # cell key -> ids of the partial runs with rows in it
 
@@ -136,45 +134,44 @@ class _Side:
 
 
 def _load(paths: Sequence[Path], side: str) -> _Side:
-    """Read one side. Semantic warm-up rows are left out of the items, as `show` leaves them out of scores; the runs
-    that did not finish are listed with the rows they have and the cells they have rows in."""
+    """Read one side: each item once (cachebench.cells: the newest run's row where runs repeat an item, as `show`
+    and the leaderboard read it). Semantic warm-up rows are left out of the items, as `show` leaves them out of
+    scores; the runs that did not finish are listed with the rows they have and the cells they have rows in."""
     try:
-        table = read_results(paths)
+        connection, _, rows = open_results(paths)
     except UsageError as exc:
         raise UsageError(f"--{side}: {exc}") from None
-    if table.num_rows == 0:
-        raise UsageError(f"--{side}: no result rows in {', '.join(map(str, paths))}")
-    data = table.select(list(_COLUMNS)).to_pydict()
-    rows: dict[tuple, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
-    semantic: set[tuple] = set()
+    try:
+        if rows == 0:
+            raise UsageError(f"--{side}: no result rows in {', '.join(map(str, paths))}")
+        names = ", ".join(CELL_KEY)
+        found = connection.execute(f"""
+            SELECT {names}, seed, episode_id, turn, score, error, request_ttft_ms, kv_bytes, run_id, run_complete
+            FROM {ITEMS} WHERE NOT (track = 'semantic' AND coalesce(warmup, false))""").fetchall()
+        partial = [PartialRun(run_id, int(count), int(planned)) for run_id, count, planned in connection.execute(
+            f"SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false "
+            "GROUP BY run_id ORDER BY run_id").fetchall()]
+    finally:
+        connection.close()
+    width = len(CELL_KEY)
+    cells: dict[tuple, dict[tuple, _Item]] = defaultdict(dict)
+    tracks: dict[tuple, str] = {}
     partial_cells: dict[tuple, set[str]] = defaultdict(set)
-    for row in range(table.num_rows):
-        cell = tuple(data[name][row] for name in CELL_KEY)
-        if data["run_complete"][row] is False:  # null (files before schema 6): unknown, read as complete
-            partial_cells[cell].add(data["run_id"][row])
-        if data["metric"][row] == SEMANTIC_METRIC:
-            semantic.add(cell)
-            if data["warmup"][row]:
-                continue
+    for row in found:
+        cell = row[:width]
+        seed, episode, turn, score, error, ttft, kv, run_id, complete = row[width:]
+        tracks[cell] = cell[0]
+        if complete is False:  # null (files before schema 6): unknown, read as complete
+            partial_cells[cell].add(run_id)
+        ok = error is None and (score is not None or cell[0] == "perf")
         # the seed is part of the item: generated tasks (and semantic request ids) reuse ids across seeds
-        rows[cell][(data["seed"][row], data["episode_id"][row], data["turn"][row])].append(row)
-    cells = {cell: {item: _item(data, indices) for item, indices in items.items()} for cell, items in rows.items()}
-    return _Side(cells, semantic, partial_runs(table), dict(partial_cells))
+        cells[cell][(seed, episode, turn)] = _Item(
+            (math.nan if score is None else float(score)) if ok else None, _float(ttft), _float(kv))
+    return _Side(dict(cells), tracks, partial, dict(partial_cells))
 
 
-def _item(data: dict[str, list[Any]], indices: list[int]) -> _Item:
-    """One item from its rows on one side; repeated runs of the same item are averaged."""
-    ok = [i for i in indices if data["error"][i] is None and data["score"][i] is not None]
-    if not ok:
-        return _Item(None, math.nan, math.nan)
-    ttfts = [request_ttft(data["mode"][i], data["turn"][i], data["prefill_ms"][i], data["ttft_ms"][i]) for i in ok]
-    kvs = [math.nan if data["kv_bytes"][i] is None else float(data["kv_bytes"][i]) for i in ok]
-    return _Item(float(np.mean([data["score"][i] for i in ok])), _nanmean(ttfts), _nanmean(kvs))
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 # --- statistics --------------------------------------------------------------------------------------------------
@@ -182,28 +179,9 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def paired_bootstrap(differences: Sequence[float], clusters: Sequence[Any], resamples: int = 2000,
                      confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the paired differences and its percentile interval, resampling whole clusters with replacement.
-
-    With fewer than two clusters nothing can be resampled and the interval is NaN (undecided)."""
-    values = np.asarray(differences, dtype=float)
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    _, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
-    sums = np.bincount(index, weights=values)
-    counts = np.bincount(index).astype(float)
-    mean = float(values.mean())
-    k = len(sums)
-    if k < 2:
-        return mean, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    step = max(1, _BOOTSTRAP_CHUNK // k)
-    for start in range(0, resamples, step):
-        picks = rng.integers(0, k, size=(min(step, resamples - start), k))
-        means[start:start + len(picks)] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return mean, float(low), float(high)
+    """Mean of the paired differences and its percentile interval, resampling whole clusters with replacement
+    (cachebench.stats, the interval every reader uses); NaN bounds with fewer than two clusters (undecided)."""
+    return cluster_bootstrap_ci(differences, clusters, resamples, confidence, seed)
 
 
 def _ratio(candidate: list[float], baseline: list[float]) -> float:
@@ -218,13 +196,16 @@ def _ratio(candidate: list[float], baseline: list[float]) -> float:
 # --- judging -----------------------------------------------------------------------------------------------------
 
 
-def _judge(key: tuple, base: dict[tuple, _Item], cand: dict[tuple, _Item], semantic: bool, options: GateOptions,
+def _judge(key: tuple, base: dict[tuple, _Item], cand: dict[tuple, _Item], track: str, options: GateOptions,
            baseline_partial: list[PartialRun], candidate_partial: list[PartialRun]) -> CellResult:
     """The verdict on a cell both sides hold. Every check that cannot be made fails the cell with its reason."""
     cell = CellResult(key=dict(zip(CELL_KEY, key, strict=True)), status="unchanged", failed=False,
                       baseline_partial=baseline_partial, candidate_partial=candidate_partial)
     matched = _pair(cell, base, cand)
-    judged = _compare(cell, base, cand, matched, semantic, options)
+    if track == "perf":  # timings only: judged by the cost checks alone, and there must be one
+        judged = _perf(cell, options)
+    else:
+        judged = _compare(cell, base, cand, matched, track == "semantic", options)
     cell.reasons = [*_partial_reasons(cell, options), *_missing_reasons(cell, options), *judged,
                     *_cost_reasons(cell, base, cand, matched, options)]
     if cell.new_errors and not options.allow_new_errors:
@@ -285,6 +266,18 @@ def _compare(cell: CellResult, base: dict[tuple, _Item], cand: dict[tuple, _Item
     elif cell.low > options.tolerance:
         cell.status = "improved"
     return reasons
+
+
+def _perf(cell: CellResult, options: GateOptions) -> list[str]:
+    """A perf cell has no score: without a cost check nothing about it is judged, which fails it."""
+    cell.clusters = cell.matched
+    if options.max_ttft_ratio is None and options.max_kv_ratio is None:
+        cell.status = "incomparable"
+        return ["cannot judge a perf cell (timings, no score) without --max-ttft-ratio or --max-kv-ratio"]
+    if not cell.matched:
+        cell.status = "incomparable"
+        return ["cannot judge: no perf measurement matched on both sides"]
+    return []
 
 
 def _describe(run: PartialRun, side: str) -> str:
@@ -348,8 +341,7 @@ def run_gate(baseline: Sequence[Path], candidate: Sequence[Path], options: GateO
     if not common:
         raise UsageError(f"baseline ({len(base.cells)} cells) and candidate ({len(cand.cells)} cells) share no cell "
                          f"({', '.join(CELL_KEY)})")
-    semantic = base.semantic | cand.semantic
-    cells = [_judge(key, base.cells[key], cand.cells[key], key in semantic, options, base.partial_in(key),
+    cells = [_judge(key, base.cells[key], cand.cells[key], base.tracks[key], options, base.partial_in(key),
                     cand.partial_in(key)) for key in common]
     if all(cell.matched + cell.baseline_errors + cell.candidate_errors == 0 for cell in cells):
         raise UsageError("the common cells share no item (seed, episode_id, turn); were both runs made with the "
@@ -418,7 +410,9 @@ def _row(cell: CellResult, options: GateOptions) -> str:
     if options.allow_partial:  # otherwise the partial candidate runs are among the reasons
         skipped += [f"candidate run {run.run_id} partial (allowed)" for run in cell.candidate_partial]
     text = "; ".join([*cell.reasons, *skipped])
-    values = (cell.status, key["task"], key["method"], f"`{key['method_params']}`", key["model"], key["mode"],
+    model = " ".join(str(v) for v in (key["model"], key["dtype"], key["context_length"] and
+                                       f"{key['context_length']} tokens") if v)
+    values = (cell.status, key["task"], key["method"], f"`{key['cell_params']}`", model, key["mode"],
               key["compression"], _number(cell.baseline_score), _number(cell.candidate_score), _difference(cell), n,
               _number(cell.ttft_ratio, 2), _number(cell.kv_ratio, 2), text)
     return "| " + " | ".join(_md(v) for v in values) + " |"

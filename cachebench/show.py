@@ -1,246 +1,252 @@
-"""`cachebench show`: one table per task of method x parameters x model x mode x compression setting, from any
-result files; a KV task whose turns have several categories (question types, needle depths, sub-tasks) also gets
-the score per category; semantic-cache rows get their own per-category tables (cachebench.semantic.report)."""
+"""`cachebench show`: the cells of any result files as tables, in the terminal, as Markdown, CSV or JSON.
+
+The cells are the leaderboard's (cachebench.leaderboard.aggregate: cachebench.cells' identity, each item once,
+intervals from cachebench.stats), so `show`, `gate` and the leaderboard never disagree on a number. KV and perf
+cells get one table per task, a task whose turns have several categories also a table by category, and semantic
+caches their per-category tables (cachebench.semantic.report). Parameters are shown where they differ from the
+method's defaults; every column that is the same for a whole table goes into its title.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cachebench.metrics import longconvqa_em, longconvqa_meta
-from cachebench.results import describe_partial, partial_runs, read_results
-from cachebench.stats import cluster_bootstrap_ci
-from cachebench.taskspec import SEMANTIC_METRIC
+from cachebench.leaderboard.cells import KVCell, Leaderboard
+from cachebench.results import describe_partial
+from cachebench.semantic.report import ALL, semantic_sections, short_params
 
-_KEY = ("task", "method", "method_params", "model", "mode", "compression")
-
-
-@dataclass
-class CellSummary:
-    """Aggregates of one (task, method, params, model, mode, compression) cell."""
-
-    key: dict[str, str]
-    score: float
-    low: float
-    high: float
-    n: int
-    errors: int
-    ttft_ms: float
-    request_ttft_ms: float  # what a request waited for its first token, context prefill included (see below)
-    kv_bytes: float
-    weights: str
-    partial: bool = False  # some rows come from a run that did not finish (results.partial_runs)
-    ttft_ratio: float = float("nan")  # request_ttft_ms over the `full` cell's of the same task, model and mode
-
-
-def request_ttft(mode: str, turn: int, prefill_ms: float | None, ttft_ms: float | None) -> float:
-    """Time to first token of the request a row stands for.
-
-    A multi-request row is a whole request (its context, then its question): without reuse its context is
-    prefilled again, so the context prefill counts. In multi-turn mode only the first turn prefilled the context.
-    """
-    nan = float("nan")
-    ttft = nan if ttft_ms is None else ttft_ms
-    if mode == "multi-request" or turn == 0:
-        return ttft + (nan if prefill_ms is None else prefill_ms)
-    return ttft
-
-
-def _split_tracks(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(KV rows, semantic-cache rows)."""
-    semantic = pc.fill_null(pc.equal(table["metric"], SEMANTIC_METRIC), False)
-    return table.filter(pc.invert(semantic)), table.filter(semantic)
-
-
-def summarize(paths: Iterable[str | Path]) -> list[CellSummary]:
-    """Group KV rows into cells and compute the score's 95% interval (bootstrap over episodes) and mean costs."""
-    return _summarize_table(_split_tracks(read_results(paths))[0])
-
-
-def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | None = None) -> None:
-    """Print every table the rows call for: KV cells, then semantic caches per category."""
-    from cachebench.semantic.report import render_semantic, summarize_semantic
-
-    table = read_results(paths)
-    for run in partial_runs(table):
-        console.print(f"warning: {describe_partial(run)}; its cells are marked (partial)", markup=False,
-                      highlight=False)
-    kv_rows, semantic_rows = _split_tracks(table)
-    if kv_rows.num_rows:
-        render(_summarize_table(kv_rows), console)
-        render_categories(summarize_categories(kv_rows), console)
-    if semantic_rows.num_rows:
-        render_semantic(summarize_semantic(semantic_rows, false_hit_ms), console)
-
-
-def _summarize_table(table: pa.Table) -> list[CellSummary]:
-    columns = ["score", "episode_id", "run_id", "turn", "prefill_ms", "ttft_ms", "kv_bytes", "error", "model_weights",
-               "run_complete", *_KEY]
-    data = table.select(columns).to_pydict()
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for row in range(table.num_rows):
-        groups[tuple(data[k][row] for k in _KEY)].append(row)
-    cells = []
-    for key, rows in sorted(groups.items(), key=lambda item: tuple(str(v) for v in item[0])):
-        ok = [r for r in rows if data["error"][r] is None and data["score"][r] is not None]
-        scores = [data["score"][r] for r in ok]
-        clusters = [f"{data['run_id'][r]}/{data['episode_id'][r]}" for r in ok]
-        mean, low, high = cluster_bootstrap_ci(scores, clusters)
-        cells.append(
-            CellSummary(
-                key=dict(zip(_KEY, key, strict=True)),
-                score=mean,
-                low=low,
-                high=high,
-                n=len(ok),
-                errors=len(rows) - len(ok),
-                ttft_ms=float(np.nanmean([data["ttft_ms"][r] for r in ok])) if ok else float("nan"),
-                request_ttft_ms=_mean(
-                    [request_ttft(data["mode"][r], data["turn"][r], data["prefill_ms"][r], data["ttft_ms"][r])
-                     for r in ok]
-                ),
-                kv_bytes=float(np.mean([data["kv_bytes"][r] for r in ok])) if ok else float("nan"),
-                weights=data["model_weights"][rows[0]],
-                partial=any(data["run_complete"][r] is False for r in rows),
-            )
-        )
-    _add_ttft_ratios(cells)
-    return cells
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _add_ttft_ratios(cells: list[CellSummary]) -> None:
-    """Each cell's request TTFT over the `full` method's on the same task, model and mode (the baseline a reuse
-    method is judged against); cells without such a baseline keep NaN."""
-    baseline: dict[tuple[str, ...], float] = {}
-    for cell in cells:
-        if cell.key["method"] == "full":
-            baseline.setdefault((cell.key["task"], cell.key["model"], cell.key["mode"]), cell.request_ttft_ms)
-    for cell in cells:
-        reference = baseline.get((cell.key["task"], cell.key["model"], cell.key["mode"]), float("nan"))
-        if reference and not np.isnan(reference):
-            cell.ttft_ratio = cell.request_ttft_ms / reference
-
-
-def _ms(value: float) -> str:
-    return "-" if np.isnan(value) else f"{value:,.1f}"
-
-
-def _kv(value: float) -> str:
-    return "-" if np.isnan(value) else f"{value / 2**20:,.1f}"
-
-
-def render(cells: list[CellSummary], console: Console) -> None:
-    """Print one rich table per task."""
-    by_task: dict[str, list[CellSummary]] = defaultdict(list)
-    for cell in cells:
-        by_task[cell.key["task"]].append(cell)
-    headers = ("method", "params", "model", "mode", "compression", "score", "95% CI", "n", "TTFT ms", "req TTFT ms",
-               "TTFT×full", "KV MiB", "errors")
-    for task, task_cells in by_task.items():
-        table = Table(title=escape(task), title_justify="left", box=box.SIMPLE_HEAD)
-        for index, header in enumerate(headers):
-            table.add_column(header, justify="left" if index < 5 else "right")
-        for cell in task_cells:
-            missing = np.isnan(cell.score)
-            model = cell.key["model"] + (" (random weights)" if cell.weights == "random" else "")
-            method = cell.key["method"] + (" (partial)" if cell.partial else "")
-            values = (
-                method, cell.key["method_params"], model, cell.key["mode"], cell.key["compression"] or "-",
-                "-" if missing else f"{cell.score:.3f}", "-" if missing else f"{cell.low:.3f}–{cell.high:.3f}",
-                str(cell.n), _ms(cell.ttft_ms), _ms(cell.request_ttft_ms),
-                "-" if np.isnan(cell.ttft_ratio) else f"{cell.ttft_ratio:.2f}", _kv(cell.kv_bytes),
-                str(cell.errors),
-            )  # fmt: skip
-            table.add_row(*(escape(value) for value in values))
-        console.print(table)
+FORMATS = ("table", "markdown", "csv", "json")
+MISSING = "–"
+LEGEND = ("TTFT (question): time to the first token of the question alone, the context already in the cache. "
+          "TTFT (request, with context): what the whole request waited, the context's prefill included where the "
+          "request paid for it (every multi-request turn, the first multi-turn turn) — the figure vLLM and SGLang "
+          "report as TTFT. ×full: that request TTFT (KV: the cache's bytes) over the `full` cell's on the same "
+          "items. 95% CI: bootstrap over episodes; – where fewer than two episodes.")
 
 
 @dataclass
-class CategorySummary:
-    """One category of one cell: its score with a 95% interval (bootstrap over episodes) and, for longconvqa
-    rows, exact match."""
+class Section:
+    """One table as every format prints it: plain strings, the first `left` columns left-aligned."""
 
-    key: dict[str, str]
-    category: str
-    score: float
-    low: float
-    high: float
-    n: int
-    em: float  # mean exact match of the rows scored with EM_METRIC; NaN when there are none
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    left: int = 1
+    notes: tuple[str, ...] = ()
 
 
-EM_METRIC = "longconvqa_f1"  # rows whose exact match `show` recomputes from prediction and references
+def summarize(paths: Iterable[str | Path]) -> list[KVCell]:
+    """The KV and perf cells of the result files, as `show` prints them."""
+    from cachebench.leaderboard.aggregate import aggregate
+
+    return aggregate(paths).kv
 
 
-def summarize_categories(table: pa.Table) -> list[CategorySummary]:
-    """Per (cell, category) summaries for the KV tasks whose rows have more than one distinct non-empty category."""
-    columns = ["score", "episode_id", "run_id", "error", "category", "metric", "prediction", "references", *_KEY]
-    data = table.select(columns).to_pydict()
-    categories: dict[str, set[str]] = defaultdict(set)
-    for row in range(table.num_rows):
-        if data["category"][row]:
-            categories[data["task"][row]].add(data["category"][row])
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for row in range(table.num_rows):
-        if data["category"][row] and len(categories[data["task"][row]]) > 1:
-            groups[(*(data[k][row] for k in _KEY), data["category"][row])].append(row)
+def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | None = None,
+         output: str = "table") -> None:
+    """Print every table the rows call for, in `output` format (one of FORMATS)."""
+    from cachebench.leaderboard.aggregate import aggregate
+
+    board = aggregate(paths, penalty_ms=false_hit_ms)
+    if output in ("csv", "json"):
+        records = cell_records(board)
+        sys.stdout.write(_csv(records) if output == "csv" else json.dumps(records, indent=1, allow_nan=False) + "\n")
+        return
+    warnings = [f"warning: {describe_partial(run)}; its cells are marked (partial)" for run in board.partial]
+    found = sections(board)
+    if output == "markdown":
+        sys.stdout.write("".join(f"{line}\n\n" for line in warnings) + markdown(found))
+        return
+    for line in warnings:
+        console.print(line, markup=False, highlight=False)
+    for section in found:
+        console.print(_rich(section))
+        for note in section.notes:
+            console.print(note, markup=False, highlight=False, style="dim")
+
+
+def sections(board: Leaderboard) -> list[Section]:
+    """The tables of `board`: KV and perf cells per task, KV categories, then the semantic caches'."""
     out = []
-    for key, rows in sorted(groups.items(), key=lambda item: tuple(str(v) for v in item[0])):
-        ok = [r for r in rows if data["error"][r] is None and data["score"][r] is not None]
-        mean, low, high = cluster_bootstrap_ci(
-            [data["score"][r] for r in ok], [f"{data['run_id'][r]}/{data['episode_id'][r]}" for r in ok]
-        )
-        exact = [
-            longconvqa_em(data["prediction"][r] or "", data["references"][r] or [],
-                          longconvqa_meta(data["category"][r], data["references"][r] or []))
-            for r in ok if data["metric"][r] == EM_METRIC
-        ]  # fmt: skip
-        out.append(
-            CategorySummary(
-                key=dict(zip(_KEY, key[:-1], strict=True)), category=key[-1], score=mean, low=low, high=high,
-                n=len(ok), em=float(np.mean(exact)) if exact else float("nan"),
-            )
-        )  # fmt: skip
+    by_task: dict[str, list[KVCell]] = defaultdict(list)
+    for cell in board.kv:
+        by_task[cell.task].append(cell)
+    for task, cells in by_task.items():
+        out.append(_kv_section(task, cells))
+        if any(cell.categories for cell in cells):
+            out.append(_category_section(task, cells))
+    out.extend(Section(title, headers, rows, left) for title, headers, rows, left in
+               semantic_sections([entry.cell for entry in board.semantic]))
     return out
 
 
-def render_categories(summaries: list[CategorySummary], console: Console) -> None:
-    """Print one table per task: each cell's score by category."""
-    by_task: dict[str, list[CategorySummary]] = defaultdict(list)
-    for summary in summaries:
-        by_task[summary.key["task"]].append(summary)
-    headers = ("method", "params", "model", "mode", "compression", "category", "n", "score", "95% CI", "EM")
-    for task, rows in by_task.items():
-        table = Table(title=escape(f"{task} by category"), title_justify="left", box=box.SIMPLE_HEAD)
-        for index, header in enumerate(headers):
-            table.add_column(header, justify="left" if index < 6 else "right")
-        for row in rows:
-            missing = np.isnan(row.score)
-            values = (
-                row.key["method"], row.key["method_params"], row.key["model"], row.key["mode"],
-                row.key["compression"] or "-", row.category, str(row.n),
-                "-" if missing else f"{row.score:.3f}", "-" if missing else f"{row.low:.3f}–{row.high:.3f}",
-                "-" if np.isnan(row.em) else f"{row.em:.3f}",
-            )  # fmt: skip
-            table.add_row(*(escape(value) for value in values))
-        console.print(table)
+def _identity(cell: KVCell) -> dict[str, str]:
+    """The identity columns of a KV cell as shown: only parameters that differ from the method's defaults."""
+    return {
+        "method": cell.method + (" (partial)" if cell.provenance.partial_runs else ""),
+        "params": short_params(cell.method, cell.method_params),
+        "model": cell.model + (" (random weights)" if cell.random_weights else ""),
+        "dtype": cell.dtype or MISSING,
+        "mode": cell.mode or MISSING,
+        "compression": cell.compression or MISSING,
+        "context": f"{cell.context_length:,}" if cell.context_length else MISSING,
+    }
+
+
+def _split_constant(identities: list[dict[str, str]], keep: tuple[str, ...]) -> tuple[list[str], str]:
+    """(the identity columns that vary within the table, or are in `keep`; the others as `name value` text)."""
+    varying, constant = [], []
+    for name in identities[0]:
+        values = {identity[name] for identity in identities}
+        if name in keep or len(values) > 1:
+            varying.append(name)
+        elif values != {MISSING}:
+            constant.append(f"{name} {values.pop()}")
+    return varying, ", ".join(constant)
+
+
+def _kv_section(task: str, cells: list[KVCell]) -> Section:
+    identities = [_identity(cell) for cell in cells]
+    varying, constant = _split_constant(identities, ("method", "params"))
+    perf = all(cell.track == "perf" for cell in cells)
+    measures = ("n", "TTFT (question) ms", "TTFT (request, with context) ms", "TTFT ×full", "KV MiB", "KV ×full",
+                "decode ms/token", "errors")
+    headers = (*varying, *(() if perf else ("score", "95% CI")), *measures)
+    section = Section(task + (f" — {constant}" if constant else ""), headers, left=len(varying), notes=(LEGEND,))
+    for cell, identity in zip(cells, identities, strict=True):
+        quality = () if perf else (_number(cell.score, 3), _interval(cell.low, cell.high))
+        section.rows.append((*(identity[name] for name in varying), *quality, str(cell.n),
+                             _number(cell.question_ttft_ms, 1), _number(cell.request_ttft_ms, 1),
+                             _number(cell.ttft_ratio, 2), _number(cell.kv_bytes / 2**20, 2),
+                             _number(cell.kv_ratio, 2), _number(cell.decode_ms, 2), str(cell.errors)))
+    return section
+
+
+def _category_section(task: str, cells: list[KVCell]) -> Section:
+    categorised = [cell for cell in cells if cell.categories]
+    identities = [_identity(cell) for cell in categorised]
+    varying, constant = _split_constant(identities, ("method", "params"))
+    section = Section(f"{task} by category" + (f" — {constant}" if constant else ""),
+                      (*varying, "category", "n", "score", "95% CI", "EM"), left=len(varying) + 1)
+    for cell, identity in zip(categorised, identities, strict=True):
+        for category in cell.categories:
+            section.rows.append((*(identity[name] for name in varying), category.category, str(category.n),
+                                 _number(category.score, 3), _interval(category.low, category.high),
+                                 _number(category.em, 3)))
+    return section
+
+
+def _number(value: float, digits: int) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def _interval(low: float, high: float) -> str:
+    """The bounds, or – where there is no interval (fewer than two episodes): never a zero-width one."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return MISSING
+    return f"{low:.3f}–{high:.3f}"
+
+
+def _rich(section: Section) -> Table:
+    table = Table(title=escape(section.title), title_justify="left", box=box.SIMPLE_HEAD)
+    for index, header in enumerate(section.headers):
+        table.add_column(escape(header), justify="left" if index < section.left else "right", overflow="fold")
+    for row in section.rows:
+        table.add_row(*(escape(value) for value in row))
+    return table
+
+
+def markdown(found: list[Section]) -> str:
+    """GitHub-flavoured Markdown tables (pipes in values escaped), each under its title, notes as paragraphs."""
+    parts = []
+    for section in found:
+        align = ["---" if index < section.left else "---:" for index in range(len(section.headers))]
+        lines = [f"### {section.title}", "", _md_row(section.headers), "| " + " | ".join(align) + " |"]
+        lines += [_md_row(row) for row in section.rows]
+        lines += [f"\n{note}" for note in section.notes]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _md_row(values: Iterable[str]) -> str:
+    return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
+
+
+def cell_records(board: Leaderboard) -> list[dict[str, Any]]:
+    """One flat record per (cell, category) — category `all` for the cell as a whole — with full-precision
+    numbers (None where undefined) and the complete identity: the CSV and JSON formats."""
+    records = []
+    for cell in board.kv:
+        identity = _record_identity(cell.track, cell.task, cell.method, cell.method_params, cell.model,
+                                    cell.model_weights, cell.dtype, cell.mode, cell.compression, cell.context_length)
+        common = {**identity, "partial": bool(cell.provenance.partial_runs)}
+        records.append({**common, "category": ALL, "n": cell.n, "score": _value(cell.score),
+                        "ci_low": _value(cell.low), "ci_high": _value(cell.high), "exact_match": None,
+                        "ttft_question_ms": _value(cell.question_ttft_ms),
+                        "ttft_request_ms": _value(cell.request_ttft_ms), "ttft_ratio_full": _value(cell.ttft_ratio),
+                        "kv_bytes": _value(cell.kv_bytes), "kv_ratio_full": _value(cell.kv_ratio),
+                        "decode_ms_per_token": _value(cell.decode_ms), "errors": cell.errors})
+        for category in cell.categories:
+            records.append({**common, "category": category.category, "n": category.n,
+                            "score": _value(category.score), "ci_low": _value(category.low),
+                            "ci_high": _value(category.high), "exact_match": _value(category.em)})
+    for entry in board.semantic:
+        key = entry.cell.key
+        identity = _record_identity("semantic", key["task"], key["method"], key["cell_params"], key["model"],
+                                    key["model_weights"], key["dtype"], key["mode"], key["compression"],
+                                    key["context_length"])
+        for score in entry.cell.categories:
+            rates, found = score.rates, score.intervals
+            records.append({**identity, "partial": entry.cell.partial, "category": score.category, "n": rates.n,
+                            "hit_rate": _value(rates.hit_rate), **_bounds(found, "hit_rate"),
+                            "error_rate": _value(rates.error_rate), **_bounds(found, "error_rate"),
+                            "precision": _value(rates.precision), "recall": _value(rates.recall),
+                            "f1": _value(rates.f1), **_bounds(found, "f1"), "stale_rate": _value(rates.stale_rate),
+                            "lookup_p50_ms": _value(score.lookup_p50), "lookup_p95_ms": _value(score.lookup_p95),
+                            "break_even_hit_rate": _value(score.cost.break_even) if score.cost else None,
+                            "errors": entry.cell.errors})
+    return records
+
+
+def _record_identity(track: str, task: str, method: str, params: str, model: str, weights: str, dtype: str,
+                     mode: str, compression: str, context: object) -> dict[str, Any]:
+    return {"track": track, "task": task, "method": method, "params": short_params(method, params),
+            "cell_params": params, "model": model, "model_weights": weights or None, "dtype": dtype or None,
+            "mode": mode or None, "compression": compression or None,
+            "context_length": int(context) if context not in (None, "") else None}
+
+
+def _bounds(found: dict[str, tuple[float, float]], name: str) -> dict[str, float | None]:
+    low, high = found.get(name, (math.nan, math.nan))
+    return {f"{name}_low": _value(low), f"{name}_high": _value(high)}
+
+
+def _value(value: float | None) -> float | None:
+    """A number for CSV/JSON: None where undefined (NaN or infinite), so no reader meets a NaN literal."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(name for record in records for name in record))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
 
 
 def console_for_tables() -> Console:

@@ -99,7 +99,7 @@ def test_a_large_drop_fails_and_names_the_cell(tmp_path, three_cells):
     failing = result.failed_cells
     assert len(failing) == 1 and result.cells[0] is failing[0]  # failing cells come first
     cell = failing[0]
-    assert cell.status == "regressed" and cell.key["method"] == "h2o" and cell.key["method_params"] == H2O
+    assert cell.status == "regressed" and cell.key["method"] == "h2o" and cell.key["cell_params"] == H2O
     assert cell.difference == pytest.approx(-0.3 * 44 / 48)
     assert cell.high < -0.02 and cell.low < cell.difference < cell.high
     assert [c.status for c in result.cells[1:]] == ["unchanged", "unchanged"]
@@ -115,8 +115,9 @@ def test_a_large_drop_fails_and_names_the_cell(tmp_path, three_cells):
     assert data["passed"] is False and "FAIL" in data["summary"]
     failed = [c for c in data["cells"] if c["failed"]]
     assert len(failed) == 1
-    assert failed[0]["key"] == {"task": "multiturn.passkey", "method": "h2o", "method_params": H2O, "model": "M",
-                                "mode": "multi-turn", "compression": "query-agnostic"}
+    assert failed[0]["key"] == {"track": "kv", "task": "multiturn.passkey", "method": "h2o", "cell_params": H2O,
+                                "model": "M", "model_weights": None, "dtype": None, "mode": "multi-turn",
+                                "compression": "query-agnostic", "context_length": None}
     assert failed[0]["status"] == "regressed" and failed[0]["matched"] == 48
 
 
@@ -513,10 +514,10 @@ def test_gate_acceptance_with_the_embedded_model(snapkv_runs):
     assert not degraded.passed, report
     cell = degraded.cells[0]
     assert cell.status == "regressed" and cell.failed and cell.matched == 12
-    assert cell.key["method"] == "snapkv" and json.loads(cell.key["method_params"])["ratio"] == 0.5
+    assert cell.key["method"] == "snapkv" and json.loads(cell.key["cell_params"])["ratio"] == 0.5
     assert cell.kv_ratio < 0.25  # the injected method really kept far fewer tokens
     assert report.startswith("### cachebench gate: FAIL")
-    assert f"| regressed | multiturn.passkey | snapkv | `{cell.key['method_params']}` |" in report
+    assert f"| regressed | multiturn.passkey | snapkv | `{cell.key['cell_params']}` |" in report
 
 
 def test_gate_cli_exit_codes(snapkv_runs, tmp_path):

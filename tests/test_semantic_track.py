@@ -12,8 +12,9 @@ from cachebench.errors import UsageError
 from cachebench.registry import build_method
 from cachebench.semantic.method import Decision, Query
 from cachebench.semantic.runner import StreamRunner, _Inserted, judge
-from cachebench.semantic.scoring import bootstrap_intervals, cost_model, frontier_area, rates
+from cachebench.semantic.scoring import cost_model, frontier_area, rates
 from cachebench.semantic.stream import Request, Stream
+from cachebench.stats import wilson_interval
 
 DIM = 8
 
@@ -61,7 +62,7 @@ def test_rates_and_intervals():
     assert r.precision == pytest.approx(0.75) and r.recall == pytest.approx(0.75) and r.f1 == pytest.approx(0.75)
     assert r.f05 == pytest.approx(0.75) and r.stale_rate == pytest.approx(0.05)
     assert rates(["TP", "FP", "FP", "FN"], [False] * 4).f05 == pytest.approx(1.25 * (1 / 3) * 0.5 / (0.25 / 3 + 0.5))
-    low, high = bootstrap_intervals(outcomes)["error_rate"]
+    low, high = wilson_interval(r.fp, r.n)
     assert low < 0.1 < high and high - low < 0.35
 
 

@@ -9,22 +9,33 @@ import duckdb
 
 from cachebench.leaderboard.cells import Leaderboard
 from cachebench.leaderboard.kv import kv_cells
-from cachebench.leaderboard.load import open_results, scan_failure
 from cachebench.leaderboard.semantic import semantic_cells
+from cachebench.resultdb import ROWS, open_results, scan_failure
+from cachebench.results import PartialRun
 
 # errors of the queries themselves, never of the files: they stay tracebacks
 _OUR_BUGS = (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException, duckdb.InternalException)
 
 
-def aggregate(paths: Iterable[str | Path]) -> Leaderboard:
-    """Read every result file of `paths` (files or directories, searched recursively) and summarise its cells."""
+def aggregate(paths: Iterable[str | Path], penalty_ms: float | None = None) -> Leaderboard:
+    """Read every result file of `paths` (files or directories, searched recursively) and summarise its cells;
+    `penalty_ms` is the semantic cost model's price of a wrong hit (default: the LLM's cost)."""
     connection, files, rows = open_results(paths)
     try:
-        semantic, curves = semantic_cells(connection, files)
-        return Leaderboard(rows=rows, sources=files, kv=kv_cells(connection, files), semantic=semantic, curves=curves)
+        semantic, curves = semantic_cells(connection, files, penalty_ms)
+        return Leaderboard(rows=rows, sources=files, kv=kv_cells(connection, files), semantic=semantic, curves=curves,
+                           partial=_partial_runs(connection))
     except _OUR_BUGS:
         raise
     except duckdb.Error as exc:  # a file damaged past the footer that open_results checked
         raise scan_failure(files, exc) from None
     finally:
         connection.close()
+
+
+def _partial_runs(connection: duckdb.DuckDBPyConnection) -> list[PartialRun]:
+    """The runs that did not finish, with the rows they left and planned (as results.partial_runs counts them)."""
+    found = connection.execute(f"""
+        SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false
+        GROUP BY run_id ORDER BY run_id""").fetchall()
+    return [PartialRun(run_id, int(rows), int(planned)) for run_id, rows, planned in found]

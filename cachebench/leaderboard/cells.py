@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from cachebench.results import PartialRun
 from cachebench.semantic.report import CategoryScore, SemanticCell
 
 Curve = tuple[list[tuple[float, float]], float]  # (error rate, hit rate) points of a sweep, area under its frontier
@@ -25,16 +26,29 @@ class Provenance:
     run_ids: tuple[str, ...]
     sources: tuple[Path, ...]
     partial_runs: tuple[str, ...] = ()  # runs that did not finish: their files are checkpoints
+    settings: tuple[str, ...] = ()  # the full method_params behind the cell (infrastructure settings included)
+
+
+@dataclass(frozen=True)
+class KVCategory:
+    """One category of a KV cell (question type, needle depth, sub-task): score with its interval, exact match."""
+
+    category: str
+    score: float
+    low: float
+    high: float
+    n: int
+    em: float  # mean exact match where the task defines it (cachebench.derived), else NaN
 
 
 @dataclass
 class KVCell:
-    """A KV method setting on (task, model, mode, compression); ratios are to `full` on the items both ran."""
+    """A KV (or perf) cell (cachebench.cells.IDENTITY); ratios are to `full` on the items both ran."""
 
     family: str
     task: str
     method: str
-    method_params: str
+    method_params: str  # the cell's identity params (cell_params): infrastructure settings are in provenance
     model: str
     mode: str
     compression: str
@@ -44,19 +58,32 @@ class KVCell:
     n: int  # rows scored
     errors: int  # rows without a score
     kv_bytes: float  # mean over scored rows
-    request_ttft_ms: float  # mean over scored rows (cachebench.show.request_ttft)
+    request_ttft_ms: float  # mean over scored rows: the whole request, context prefill included (derived.request_ttft)
     kv_ratio: float  # mean kv_bytes over the `full` cell's, on matched (episode_id, turn) items only
     ttft_ratio: float  # the same for request TTFT
     matched: int  # items matched with the `full` cell (0: no baseline, ratios NaN)
     random_weights: bool  # time and memory only: the score means nothing
     reused: bool  # a reuse method: some request loaded KV from a store
     provenance: Provenance
-    pareto: bool = False  # on the quality-versus-KV-memory front of its (task, model, mode, compression) group
+    pareto: bool = False  # on the quality-versus-KV-memory front of its group
+    track: str = "kv"  # or "perf": timings without a score
+    model_weights: str = ""
+    dtype: str = ""
+    context_length: int | None = None
+    question_ttft_ms: float = float("nan")  # the question's own TTFT, context prefill excluded
+    decode_ms: float = float("nan")  # mean decode ms per token
+    categories: list[KVCategory] = field(default_factory=list)
 
     @property
     def group(self) -> tuple[str, str, str, str]:
-        """The cells compared with each other (and with one `full` baseline)."""
-        return self.task, self.model, self.mode, self.compression
+        """The cells compared with each other (and with one `full` baseline) on one page section."""
+        return self.task, self.model + _variant(self.dtype, self.context_length), self.mode, self.compression
+
+
+def _variant(dtype: str, context_length: int | None) -> str:
+    """What else separates cells of one model: shown beside the model so two dtypes never read as one group."""
+    parts = [part for part in (dtype, f"{context_length:,} tokens" if context_length else "") if part]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @dataclass
@@ -83,3 +110,4 @@ class Leaderboard:
     kv: list[KVCell] = field(default_factory=list)
     semantic: list[SemanticEntry] = field(default_factory=list)
     curves: dict[tuple[str, str, str], dict[str, Curve]] = field(default_factory=dict)  # per semantic group
+    partial: list[PartialRun] = field(default_factory=list)  # runs that did not finish

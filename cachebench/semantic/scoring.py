@@ -1,4 +1,4 @@
-"""Scores of a semantic cache from judged requests: vCache's rates, bootstrap intervals, the cost model, and the
+"""Scores of a semantic cache from judged requests: vCache's rates, the cost model, and the
 area under a threshold sweep's hit-rate-versus-error-rate curve.
 
 Definitions (per category and overall; warm-up requests and failed rows excluded):
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -57,31 +55,6 @@ def rates(outcomes: Sequence[str], stale: Sequence[bool]) -> Rates:
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return Rates(n, tp, fp, fn, tn, stale_hits, _ratio(tp + fp, n), _ratio(fp, n), precision, recall,
                  f_beta(precision, recall, 1.0), f_beta(precision, recall, 0.5), _ratio(stale_hits, n))
-
-
-def bootstrap_intervals(outcomes: Sequence[str], confidence: float = 0.95, seed: int = 0
-                        ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals (requests resampled) for hit rate, error rate and F1."""
-    codes = np.asarray(outcomes)
-    n = len(codes)
-    if n < 2:
-        return {}
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n, size=(RESAMPLES, n))
-    counts = {code: (codes == code)[picks].sum(axis=1).astype(float) for code in ("TP", "FP", "FN")}
-    hits = counts["TP"] + counts["FP"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = counts["TP"] / hits
-        recall = counts["TP"] / (counts["TP"] + counts["FN"])
-        f1 = 2 * precision * recall / (precision + recall)
-    tail = (1 - confidence) / 2
-    out = {}
-    for name, values in (("hit_rate", hits / n), ("error_rate", counts["FP"] / n), ("f1", f1)):
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            low, high = np.quantile(finite, [tail, 1 - tail])
-            out[name] = (float(low), float(high))
-    return out
 
 
 @dataclass(frozen=True)
