@@ -25,6 +25,19 @@ class Floors:
     def compute_ms(self, flops: float) -> float:
         return flops / self.flops * 1000.0
 
+    def describe(self, dtype: str) -> str:
+        """The floors in units that show their digits on any device (a CPU's FLOP/s are GFLOP/s, not 0.0 TFLOP/s)."""
+        return (f"{rate(self.bandwidth, 'B/s')} ({self.copy_bytes / 2**20:,.0f} MiB copy), "
+                f"{rate(self.flops, 'FLOP/s')} ({self.matmul_n}^3 {dtype} matmul)")
+
+
+def rate(value: float, unit: str) -> str:
+    """`value` per second with the largest SI prefix that keeps it at or above 1, three significant digits."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
 
 def measure_floors(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> Floors:
     """1 GiB copies and an 8192^3 matmul on a GPU; 256 MiB and 2048^3 on a CPU (to stay quick)."""

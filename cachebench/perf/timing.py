@@ -10,25 +10,31 @@ from collections.abc import Callable
 import torch
 
 
+def timer_name(device: torch.device) -> str:
+    """What result rows record in `timer` for times taken by `time_ms` on `device`."""
+    return "cuda-events" if device.type == "cuda" else "perf_counter"
+
+
 def how(device: torch.device) -> str:
-    return "cuda-events, median" if device.type == "cuda" else "perf_counter, median"
+    return f"{timer_name(device)}, median"
+
+
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call of `fn`: between CUDA events on a GPU (waited for), else on the host clock."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    begin = time.perf_counter()
+    fn()
+    return (time.perf_counter() - begin) * 1000.0
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median milliseconds of `fn` over `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1000.0)
-    return statistics.median(times)
+    return statistics.median(time_ms(fn, device) for _ in range(repeats))
