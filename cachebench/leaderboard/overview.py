@@ -32,7 +32,7 @@ SEMANTIC_OVERVIEW = [
 def _pick(value: float, label: str, digits: int = 2, scale: float = 1.0) -> Value:
     if not math.isfinite(value):
         return Value(MISSING)
-    return Value(f"{scale * value:.{digits}f} — {label}", repr(float(value)), label)
+    return Value(f"{scale * value:.{digits}f} — {label}", repr(float(value)), label, "pick")  # may wrap
 
 
 def _best(cells: Sequence, measure: Callable, lowest: bool = False):

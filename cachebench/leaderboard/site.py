@@ -30,11 +30,11 @@ from cachebench.leaderboard.views import (
     CATEGORY_COLUMNS,
     KV_COLUMNS,
     SEMANTIC_COLUMNS,
+    SourceFiles,
     TableView,
     category_rows,
     kv_row,
     semantic_row,
-    source_link,
 )
 
 PAGE = "index.html"
@@ -82,7 +82,9 @@ def render_site(board: Leaderboard, out: Path) -> Path:
 
 
 def render_page(board: Leaderboard, out: Path) -> str:
-    """The page's HTML; links to result files are relative to `out`, where the page will live."""
+    """The page's HTML, for the folder `out` where the page will live; the result files it links to are published
+    into `out`/data (views.SourceFiles), so every link stays inside the folder."""
+    files = SourceFiles(out)
     script, css = _asset("leaderboard.js"), _asset("leaderboard.css")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
     csp = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src data:; "
@@ -91,16 +93,16 @@ def render_page(board: Leaderboard, out: Path) -> str:
     dates = [d for c in cells for d in (c.provenance.first_run, c.provenance.last_run) if d is not None]
     return _environment().get_template("index.html.j2").render(
         csp=csp, css=Markup(css), script=Markup(script), rows=board.rows,
-        sources=[source_link(file, out) for file in board.sources], kv_cells=len(board.kv),
+        sources=[files.link(file) for file in board.sources], kv_cells=len(board.kv),
         semantic_cells=len(board.semantic), generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         dates=f"{min(dates):%Y-%m-%d} to {max(dates):%Y-%m-%d}" if dates else "",
         models=sorted({c.model for c in board.kv} | {e.cell.key["model"] for e in board.semantic}),
         tasks=sorted({c.task for c in board.kv} | {e.cell.key["task"] for e in board.semantic}),
-        families=families(board, out),
+        families=families(board, files),
     )
 
 
-def families(board: Leaderboard, out: Path) -> list[FamilyView]:
+def families(board: Leaderboard, files: SourceFiles) -> list[FamilyView]:
     """KV families first, then semantic ones, each with an overview and a section per task."""
     methods = sorted({c.method for c in board.kv} | {e.cell.key["method"] for e in board.semantic})
     styles = {method: style_for(index) for index, method in enumerate(methods)}
@@ -113,13 +115,13 @@ def families(board: Leaderboard, out: Path) -> list[FamilyView]:
     views: list[FamilyView] = []
     for name, tasks in sorted(kv.items()):
         task_views = [TaskView(task, f"task-{len(views)}-{index}", kv_figures(cells, styles),
-                               TableView(KV_COLUMNS, [kv_row(c, out) for c in cells]))
+                               TableView(KV_COLUMNS, [kv_row(c, files) for c in cells]))
                       for index, (task, cells) in enumerate(sorted(tasks.items()))]
         views.append(FamilyView(name, "KV cache", f"family-{len(views)}",
                                 kv_overview([c for cells in tasks.values() for c in cells]), task_views))
     for name, tasks in sorted(semantic.items()):
         task_views = [TaskView(task, f"task-{len(views)}-{index}", semantic_figures(entries, board.curves, styles),
-                               TableView(SEMANTIC_COLUMNS, [semantic_row(e, out) for e in entries]),
+                               TableView(SEMANTIC_COLUMNS, [semantic_row(e, files) for e in entries]),
                                TableView(CATEGORY_COLUMNS, [row for e in entries for row in category_rows(e)]))
                       for index, (task, entries) in enumerate(sorted(tasks.items()))]
         views.append(FamilyView(name, "semantic cache", f"family-{len(views)}",

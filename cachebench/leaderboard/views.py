@@ -3,18 +3,23 @@ provenance block per row. Strings stay plain here; the template's autoescaping m
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
+from cachebench.errors import UsageError
 from cachebench.leaderboard.cells import KVCell, Provenance, SemanticEntry
 from cachebench.semantic.report import ALL, CategoryScore, short_params
 
 RUN_IDS_SHOWN = 10
 MISSING = "–"
+DATA = "data"  # the page folder's sub-folder holding the result files it links to
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Origin:
     more_runs: int
     sources: tuple[Link, ...]
     partial_runs: tuple[str, ...] = ()
+    notes: tuple[tuple[str, str], ...] = ()  # (label, text): figures kept out of the table to let it fit the page
 
 
 @dataclass
@@ -102,13 +108,52 @@ def params_label(method: str, params: str) -> str:
     return short_params(method, params)
 
 
-def source_link(file: Path, out: Path) -> Link:
-    """A relative link from the page's folder to a result file; never a bare scheme such as `javascript:`."""
-    relative = Path(os.path.relpath(file.resolve(), out.resolve())).as_posix()
-    return Link(quote(relative if relative.startswith("../") else "./" + relative, safe="/"), str(file))
+class SourceFiles:
+    """The result files a page links to, published inside its folder (`out`/data/<stem>-<hash><suffix>) so the
+    folder can be moved or served on its own: every link is relative, never leaves it, never has a scheme.
+
+    A file is hard-linked where the file system allows (a snapshot: result files are replaced by a rename, never
+    rewritten in place), else copied; the name's hash of the source's resolved path keeps two `rows.parquet` of
+    different folders apart, and a rebuild replaces the same name."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._links: dict[Path, Link] = {}
+
+    def link(self, file: Path) -> Link:
+        """The link to `file`'s published copy (published on first use); its text is the path as given."""
+        if file not in self._links:
+            self._links[file] = Link(quote(f"{DATA}/{self._publish(file)}", safe="/"), str(file))
+        return self._links[file]
+
+    def _publish(self, file: Path) -> str:
+        source = file.resolve()
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", source.stem).strip("._") or "results"
+        digest = hashlib.sha256(str(source).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        name = f"{stem[:60]}-{digest}{re.sub(r'[^A-Za-z0-9.]+', '', source.suffix)}"
+        folder = self.out / DATA
+        target = folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if target.exists() and os.path.samefile(source, target):
+                return name
+            temporary = folder / f".{name}.{os.getpid()}.tmp"
+            try:
+                try:
+                    os.link(source, temporary)
+                except OSError:  # another file system, or links not allowed: a copy
+                    shutil.copyfile(source, temporary)
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {self.out}: cannot publish {file} into {folder} ({exc.strerror or exc})"
+                             ) from None
+        return name
 
 
-def origin(provenance: Provenance, model: str, params: str, out: Path) -> Origin:
+def origin(provenance: Provenance, model: str, params: str, files: SourceFiles,
+           notes: tuple[tuple[str, str], ...] = ()) -> Origin:
     dates = MISSING
     if provenance.first_run is not None and provenance.last_run is not None:
         first, last = (d.strftime("%Y-%m-%d %H:%M UTC") for d in (provenance.first_run, provenance.last_run))
@@ -117,8 +162,8 @@ def origin(provenance: Provenance, model: str, params: str, out: Path) -> Origin
                   rows=provenance.rows, hardware=provenance.hardware, versions=provenance.versions,
                   git_shas=provenance.git_shas, dates=dates, run_ids=provenance.run_ids[:RUN_IDS_SHOWN],
                   more_runs=max(0, len(provenance.run_ids) - RUN_IDS_SHOWN),
-                  sources=tuple(source_link(file, out) for file in provenance.sources),
-                  partial_runs=provenance.partial_runs)
+                  sources=tuple(files.link(file) for file in provenance.sources),
+                  partial_runs=provenance.partial_runs, notes=notes)
 
 
 def method_value(method: str, provenance: Provenance) -> Value:
@@ -143,27 +188,28 @@ KV_COLUMNS = [
     Column("errors", True, "rows without a score"),
     Column("KV ×full", True, "mean KV-cache bytes over full's, on the items both scored"),
     Column("TTFT ×full", True, "mean request time to first token over full's, on the items both scored"),
-    Column("matched", True, "items (episode, turn) compared with full"),
     Column("KV MiB", True, "mean KV-cache size at the end of a turn"),
     Column("req TTFT ms", True, "context prefill (where the request paid it) + prompt + first token"),
     Column("front", title="on the quality-versus-KV-memory Pareto front of its task and model"),
 ]
 
 
-def kv_row(cell: KVCell, out: Path) -> Row:
+def kv_row(cell: KVCell, files: SourceFiles) -> Row:
     score = number(cell.score)
     if cell.random_weights:
         score = Value(score.text + " †", score.sort, "random weights: the score means nothing", "random")
     params = params_label(cell.method, cell.method_params)
     values = [
         method_value(cell.method, cell.provenance), text(params, cell.method_params),
-        model_value(cell.model, cell.random_weights),
+        model_value(cell.group[1], cell.random_weights),
         text(cell.mode), text(cell.compression), score, interval(cell.low, cell.high), count(cell.n),
-        count(cell.errors), number(cell.kv_ratio, 2), number(cell.ttft_ratio, 2), count(cell.matched),
+        count(cell.errors), number(cell.kv_ratio, 2), number(cell.ttft_ratio, 2),
         number(cell.kv_bytes / 2**20, 1), number(cell.request_ttft_ms, 1),
         Value("★", "1", "on the Pareto front") if cell.pareto else Value("", ""),
     ]
-    return Row(cell.task, cell.model, values, origin(cell.provenance, cell.model, cell.method_params, out))
+    matched = (("matched with full", f"{cell.matched:,} items (episode, turn) both scored"),)
+    return Row(cell.task, cell.model, values, origin(cell.provenance, cell.group[1], cell.method_params, files,
+                                                     matched))
 
 
 SEMANTIC_COLUMNS = [
@@ -177,13 +223,13 @@ SEMANTIC_COLUMNS = [
 ]
 
 
-def semantic_row(entry: SemanticEntry, out: Path) -> Row:
+def semantic_row(entry: SemanticEntry, files: SourceFiles) -> Row:
     key, overall = entry.cell.key, entry.overall
     return Row(key["task"], key["model"], [
         method_value(key["method"], entry.provenance),
         text(params_label(key["method"], key["method_params"]), key["method_params"]),
         text(key["model"]), text(key["mode"]), *_rates(overall), count(entry.cell.errors),
-    ], origin(entry.provenance, key["model"], key["method_params"], out))
+    ], origin(entry.provenance, key["model"], key["method_params"], files))
 
 
 def _rates(score: CategoryScore) -> list[Value]:
