@@ -311,3 +311,42 @@ def test_partial_runs_are_marked_in_the_table_and_the_provenance(tmp_path):
     page = build_site([tmp_path / "rows"], tmp_path / "site").read_text()
     assert page.count(">snapkv (partial)<") == 1 and ">full (partial)<" not in page
     assert "run-snapkv: killed or interrupted before the end" in page
+
+
+def test_chart_axes_fit_the_data_and_draw_intervals_only_where_defined():
+    """Scores of 0.05-0.14 get an axis of about that range; a point without an interval gets no error bar."""
+    from cachebench.leaderboard.plots import Point, Series, fit_ticks, scatter, style_for
+
+    ticks = fit_ticks([0.07, 0.12, 0.05, 0.14])
+    assert ticks[0] <= 0.05 and ticks[-1] >= 0.14 and ticks[-1] - ticks[0] <= 0.2  # not 0 to 1
+    steps = {round(ticks[i + 1] - ticks[i], 9) for i in range(len(ticks) - 1)}
+    assert len(steps) == 1 and 3 <= len(ticks) <= 8
+    assert fit_ticks([0.0, 0.004], 0.0, 1.0)[0] == 0.0  # padding never takes a rate below 0
+    assert fit_ticks([0.97, 1.0], 0.0, 1.0)[-1] == 1.0
+    assert fit_ticks([2.0, 3.5])[-1] >= 3.5  # unbounded above: ratios may exceed 1
+    points = [Point(0.25, 0.1, "a", y_interval=(0.05, 0.15)), Point(0.5, 0.12, "b", y_interval=(0.08, 0.16)),
+              Point(0.1, 0.07, "c", y_interval=(float("nan"), float("nan")))]
+    svg = str(scatter("t", "s", "x", "y", [Series("sweep", style_for(0), points),
+                                           Series("alone", style_for(1), [Point(1.0, 0.09, "d")])]))
+    assert svg.count('class="errorbar"') == 2  # the NaN interval (one episode) draws none
+    assert svg.count('class="method-line"') == 1 + 1  # the sweep's line and its legend swatch; one point: no line
+    line = re.search(r'class="method-line" points="([^"]+)"', svg).group(1).split()
+    xs = [float(pair.split(",")[0]) for pair in line]
+    assert len(xs) == 3 and xs == sorted(xs)
+
+
+def test_linked_result_files_are_published_inside_the_site(tmp_path):
+    """Two `rows.parquet` of different folders: both copied into site/data under distinct names, linked there."""
+    from pathlib import Path
+
+    first = write_atomic(matched_rows(), tmp_path / "a" / "rows.parquet")
+    second = write_atomic(semantic_rows(), tmp_path / "b" / "rows.parquet")
+    site = tmp_path / "out" / "site"
+    html = build_site([tmp_path / "a", tmp_path / "b"], site).read_text()
+    links = dict(re.findall(r'<a href="([^"#][^"]*)">([^<]*)</a>', html))
+    assert set(links.values()) == {str(first), str(second)}  # shown as the paths given
+    assert len(set(links)) == 2 and all(href.startswith("data/") and ".." not in href for href in links)
+    for href, text in links.items():
+        assert (site / href).read_bytes() == Path(markup.unescape(text)).read_bytes()
+    build_site([tmp_path / "a", tmp_path / "b"], site)  # a rebuild replaces the same names
+    assert sorted(p.name for p in (site / "data").iterdir()) == sorted(href.split("/")[-1] for href in links)

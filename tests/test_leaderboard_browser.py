@@ -1,5 +1,7 @@
 """The leaderboard page in a real headless Chromium, from file:// with no network: tables and SVG charts render,
-sorting and the filters work, hostile strings show as text and run nothing, and the console stays clean.
+sorting and the filters work, hostile strings show as text and run nothing, and the console stays clean. Charts
+draw intervals and join each method's settings on axes fitted to the data, the page fits a 1400 px window, and
+every link stays inside the published folder.
 
 Built from the committed benchmark rows (KV reuse, semantic caches) plus a small synthetic KV set with eviction,
 random weights and markup in every user-controlled string. Chromium is required, not optional: without it the
@@ -13,6 +15,7 @@ import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from conftest import REPO
@@ -175,3 +178,88 @@ def test_hostile_strings_show_as_text_and_run_nothing(page: Page):
     legend = tab.locator("svg .legend").filter(has_text="<script>")
     assert legend.count() > 0
     assert tab.evaluate("() => window.alerted === undefined")
+
+
+CHART_FACTS = """svg => ({
+    title: svg.querySelector('.plot-title').textContent,
+    subtitle: svg.querySelector('.plot-subtitle').textContent,
+    scatter: svg.classList.contains('scatter'),
+    errorbars: svg.querySelectorAll('.errorbar').length,
+    yTicks: Array.from(svg.querySelectorAll('.y-tick'), t => t.textContent),
+    series: Array.from(svg.querySelectorAll('g.series'), g => ({
+        name: g.getAttribute('data-series'),
+        points: g.querySelectorAll('.point').length,
+        lines: Array.from(g.querySelectorAll('.method-line'), line => line.getAttribute('points').trim().split(/\\s+/)
+                          .map(pair => pair.split(',').map(Number))),
+    })),
+})"""
+
+
+def tick_values(labels: list[str]) -> list[float]:
+    return [float(label.rstrip("%")) / (100 if label.endswith("%") else 1) for label in labels]
+
+
+def test_every_chart_draws_intervals_and_joins_each_methods_settings(page: Page):
+    charts = page.tab.locator("svg.plot").evaluate_all(f"svgs => svgs.map({CHART_FACTS})")
+    assert len(charts) >= 5
+    joined = 0
+    for chart in charts:
+        assert chart["errorbars"] > 0, chart["title"]  # every chart's data have intervals (two episodes or more)
+        for series in chart["series"]:
+            if series["points"] < 2:
+                assert not series["lines"], series
+                continue
+            assert len(series["lines"]) == 1, series  # one line per method, through all of its points, in x order
+            line = series["lines"][0]
+            assert len(line) == series["points"] and [x for x, _ in line] == sorted(x for x, _ in line), series
+            joined += 1
+    assert joined >= 4
+    kv = next(c for c in charts if c["title"] == "Quality vs KV memory" and c["subtitle"].startswith("longconvqa"))
+    points = {s["name"]: s["points"] for s in kv["series"]}
+    assert all(points[method] >= 3 for method in ("snapkv", "streamingllm", "epicache")), points
+    assert all(len(s["lines"]) == 1 for s in kv["series"] if s["name"] != "full")
+
+
+def test_a_small_score_range_gets_a_fitted_y_axis(page: Page):
+    """longconvqa's scores lie between 0.04 and 0.18 with their intervals: the axis shows that range, not 0 to 1."""
+    table = page.tab.locator("section.task[data-task='longconvqa.sessions'] table.cells")
+    bounds = [tuple(map(float, text.split("–"))) for text in
+              table.locator("tbody tr td:nth-child(8)").all_inner_texts()]
+    assert table.locator("thead th:nth-child(8)").inner_text().strip(" ▲▼") == "95% CI" and len(bounds) >= 10
+    low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    assert high - low < 0.3
+    chart = page.tab.locator("svg.plot.scatter").filter(has_text="Quality vs KV memory").filter(
+        has_text="longconvqa.sessions").first
+    ticks = tick_values(chart.locator(".y-tick").all_text_contents())
+    assert ticks == sorted(ticks) and len(ticks) >= 3
+    assert ticks[0] <= low and ticks[-1] >= high  # every interval fits on the axis
+    assert ticks[-1] < 0.5 and ticks[-1] - ticks[0] <= 2 * (high - low)  # and the axis is not 0 to 1
+
+
+def test_the_page_fits_a_1400_pixel_window(page: Page):
+    tab = page.tab
+    assert tab.viewport_size["width"] == 1400
+    assert tab.evaluate("() => document.documentElement.scrollWidth") <= 1400
+    overflowing = tab.locator(".table-wrap").evaluate_all(
+        "wraps => wraps.filter(w => w.scrollWidth > w.clientWidth).map(w => w.closest('section').id)")
+    assert overflowing == []  # no table scrolls on its own either
+    assert tab.locator("table.cells thead th", has_text=re.compile(r"^matched$")).count() == 0
+    details = tab.locator("section.task[data-task='longconvqa.sessions'] td.origin details").first
+    details.locator("summary").click()
+    assert "matched with full" in details.inner_text()
+
+
+def test_every_link_stays_inside_the_published_folder(page: Page, site: Path):
+    folder = site.parent.resolve()
+    links = page.tab.locator("a[href]").evaluate_all(
+        "links => links.map(a => [a.getAttribute('href'), a.href, a.textContent])")
+    files = [(href, resolved, text) for href, resolved, text in links if not href.startswith("#")]
+    assert len(files) >= len(BENCHMARKS) + 2
+    for href, resolved, text in files:
+        parts = urlsplit(href)
+        assert not (parts.scheme or parts.netloc or href.startswith("/") or ".." in href.split("/")), href
+        assert resolved.startswith(folder.as_uri() + "/"), resolved  # as the browser itself resolves it
+        published = (folder / unquote(parts.path)).resolve()
+        assert published.is_relative_to(folder) and published.is_file(), href
+        assert published.read_bytes() == Path(text).read_bytes()  # the copy of the file the link names
+    assert {Path(text).resolve() for *_, text in files} >= {file.resolve() for file in BENCHMARKS}
