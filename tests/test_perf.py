@@ -136,3 +136,22 @@ def test_bad_param_is_eval_s_error(tmp_path, bad):
                         "--out", str(tmp_path))
     assert_usage_error(evaluated, "--param", tmp_path)
     assert perf.stderr.strip() == evaluated.stderr.strip()
+
+
+def test_unmeasured_peak_prints_a_dash_with_its_reason_never_zero():
+    """A CPU peak the process's RSS could not show is "–" with a note; slow throughput keeps its digits."""
+    from cachebench.perf.floors import Floors
+    from cachebench.perf.measure import PerfRow, Repeat
+    from cachebench.perf.run import PerfReport
+
+    repeat = Repeat(prefill_ms=900.0, ttft_ms=1100.0, decode_ms_per_token=2400.0)
+    row = PerfRow(method="full", params={}, label="defaults", context=4096, batch=1, kv_bytes=3 << 20,
+                  peak_kv_bytes=3 << 20, peak_mem_bytes=None, batch_peak_mem_bytes=None, prefill_ms=900.0,
+                  prefill_floor_ms=300.0, eager_decode_ms=2400.0, static_decode_ms=2300.0, decode_floor_ms=800.0,
+                  graph=False, repeats=[repeat])
+    floors = Floors(bandwidth=9e9, flops=4e10, copy_bytes=256 << 20, matmul_n=2048)
+    text = PerfReport("random:x", "bfloat16", "cpu", "perf_counter, median", floors, [row]).render()
+    cell = table_rows(text)[0]
+    assert cell["peak MiB"] == "–" and "– peak:" in text
+    assert cell["tokens/s"] == "0.435"  # 1 / 2.3 s, not 0
+    assert "9 GB/s" in text and "40 GFLOP/s" in text
