@@ -10,7 +10,9 @@ import importlib
 import logging
 import math
 import os
+import shutil
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +23,14 @@ from cachebench.errors import RunInterrupted, UsageError
 from cachebench.perf_cli import register as register_perf
 from cachebench.suite_cli import register as register_suite
 
+# rich_markup_mode=None: click's plain help wraps long option names onto their own line where rich's boxed table
+# cuts them short at 80 columns ("--no-golden-hist…"), and it spares `--help` the import of rich.
 app = typer.Typer(
     help="Benchmark and evaluation suite for LLM caching methods.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 list_app = typer.Typer(help="List what can be run.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
@@ -72,6 +77,17 @@ class _RichProgress:
             self._progress.stop()
 
 
+def _check_names(method: str, task: str, params: list[str]) -> None:
+    """Refuse an unknown method or task, or a bad --param, from the manifest and the task YAMLs alone: a typo is
+    reported in a fraction of a second instead of after torch and transformers have loaded (seconds)."""
+    from cachebench.method_manifest import check_params, method_spec
+    from cachebench.taskspec import resolve_tasks
+
+    method_spec(method)
+    resolve_tasks(task)
+    check_params(method, params)
+
+
 @app.command("eval")
 def eval_command(
     method: Annotated[str, typer.Option(help="Cache method (see `cachebench list methods`).")],
@@ -107,6 +123,7 @@ def eval_command(
 ) -> None:
     """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
     or per request (semantic caches)."""
+    _check_names(method, task, list(param or ()))
     from rich.console import Console
 
     from cachebench.evaluate import EvalRequest, run_eval
@@ -211,46 +228,85 @@ def gate_command(
         raise typer.Exit(code)
 
 
+def _width() -> int:
+    """The terminal's width (COLUMNS when set; 80 when output is not a terminal)."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` on one line of at most `width` characters, cut at a word with an ellipsis when longer."""
+    if len(text) <= width:
+        return text
+    cut = text[: max(width - 1, 0)].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return cut + "…"
+
+
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    """`text` wrapped at spaces only, so that a name, path or option is never split."""
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [indent.rstrip()]
+
+
 @list_app.command("methods")
-def list_methods() -> None:
-    """Each registered method with its parameters."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+def list_methods(
+    name: Annotated[str | None, typer.Argument(help="A method: show its summary and every parameter.")] = None,
+) -> None:
+    """Each registered method on one line (name, track, summary); with NAME, that method's parameters."""
+    from cachebench.method_manifest import METHODS, method_spec
 
+    width = _width()
+    if name is not None:
+        spec = method_spec(name)
+        print("\n".join(_describe_method(spec, width)))
+        return
+    column = max(len(n) for n in METHODS) + 2
+    print(_fit(f"{'method':<{column}}{'track':<10}summary", width))
+    for spec in sorted(METHODS.values(), key=lambda s: s.name):
+        print(_fit(f"{spec.name:<{column}}{spec.track:<10}{spec.summary}", width))
+    print(_fit("parameters of one: cachebench list methods NAME", width))
+
+
+def _describe_method(spec: Any, width: int) -> list[str]:
+    """The lines of `list methods NAME`: summary, then each parameter with its type, default, bounds and help."""
+    from cachebench.method_manifest import params_class
     from cachebench.params import describe_params
-    from cachebench.registry import method_class, method_names
 
-    table = Table("method", "track", "summary", "parameters")
-    for name in method_names():
-        cls = method_class(name)
-        params = describe_params(cls.Params)
-        text = "\n".join(
-            f"{p.name}: {p.type_name} = {p.default!r}  {p.help}" + (f" ({p.constraint})" if p.constraint else "")
-            for p in params
-        ) or "(none)"
-        table.add_row(name, cls.track, escape(cls.summary), escape(text))
-    Console().print(table)
+    track = "KV-cache method" if spec.track == "kv" else "semantic response cache"
+    lines = [f"{spec.name} ({track})", *_wrap(spec.summary, width, "  "), ""]
+    infos = describe_params(params_class(spec.name))
+    if not infos:
+        return [*lines, "parameters: none"]
+    infrastructure = {p.name for p in spec.params if p.infrastructure}
+    lines.append("parameters (--param name=value):")
+    for info in infos:
+        notes = [note for note in (info.constraint, "infrastructure" if info.name in infrastructure else "") if note]
+        head = f"{info.name}: {info.type_name} = {info.default!r}" + (f"  ({'; '.join(notes)})" if notes else "")
+        lines += _wrap(head, width, "  ") + _wrap(info.help, width, "      ")
+    for first, second in spec.exclusive:
+        lines += _wrap(f"give {first} or {second}, not both.", width, "")
+    if infrastructure:
+        lines += _wrap("infrastructure: where or how big the storage is; recorded with each row, but it does not "
+                       "make a separate result cell.", width, "")
+    return lines
 
 
 @list_app.command("tasks")
 def list_tasks() -> None:
     """Each task with its family, source, default mode and metric, and the groups that run several."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     from cachebench.taskspec import all_tasks, groups
 
+    width = _width()
     specs = all_tasks()
-    table = Table("task", "source", "mode / protocol", "metric", "summary")
+    lines = []
     for spec in specs.values():
-        metric = spec.metric + "".join(f"\n{c}: {m}" for c, m in spec.metric_by_category.items())
-        table.add_row(spec.name, escape(spec.source), spec.mode, metric, escape(spec.summary))
-    console = Console()
-    console.print(table)
+        metric = spec.metric + "".join(f"; {c}: {m}" for c, m in spec.metric_by_category.items())
+        lines += _wrap(f"{spec.name}  [{spec.mode}, {metric}]", width, "")
+        lines += _wrap(spec.source, width, "    ") + _wrap(spec.summary, width, "    ")
+    lines.append("")
     for group, members in groups(specs).items():
-        console.print(f"group [bold]{escape(group)}[/bold]: {', '.join(members)}")
+        lines += textwrap.wrap(f"group {group}: {', '.join(members)}", width, subsequent_indent="    ",
+                               break_long_words=False, break_on_hyphens=False)
+    print("\n".join(lines))
 
 
 def _click_exception_types(name: str) -> tuple[type[BaseException], ...]:

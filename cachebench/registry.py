@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cachebench import method_manifest
 from cachebench.baselines import KV_METHODS, SEMANTIC_METHODS
 from cachebench.errors import unknown_name
-from cachebench.params import infrastructure_fields, parse_params
+from cachebench.params import parse_params
 
 _ALL = {**KV_METHODS, **SEMANTIC_METHODS}
 
@@ -46,7 +47,8 @@ def build_method(name: str, assignments: list[str]) -> Any:
 
 def infrastructure_params(name: str) -> frozenset[str]:
     """The parameters of method `name` that say where or how big its storage is, not what it computes
-    (cachebench.params.param's `infrastructure`); empty for a name this version does not know."""
+    (cachebench.params.param's `infrastructure`); empty for a name this version does not know. Read from the
+    manifest: result rows are written and read without importing the method classes and torch behind them."""
     if name not in _ALL:
         return frozenset()
-    return infrastructure_fields(method_class(name).Params)
+    return method_manifest.infrastructure_params(name)
