@@ -40,7 +40,7 @@ def open_results(paths: Iterable[str | Path]) -> tuple[duckdb.DuckDBPyConnection
     current, older = [], []
     rows = 0
     for index, file in enumerate(files):
-        version, count = _checked(file)
+        version, count = checked_file(file)
         rows += count
         (current if version == SCHEMA_VERSION else older).append(index)
     connection = duckdb.connect()
@@ -78,22 +78,26 @@ def text_keys(key: tuple[str, ...]) -> str:
 
 def number_cells(connection: duckdb.DuckDBPyConnection, name: str, select: str, key: tuple[str, ...]
                  ) -> list[tuple[str, ...]]:
-    """Create view `name` from `select` and table `name`_keys numbering its cells 0.. in key order; return the
-    keys in that order."""
+    """Create view `name` from `select` over the items (`{rows}` in `select` stands for the relation read), view
+    `name`_all from the same select over every row (provenance: all runs and files behind a cell, also those whose
+    rows a newer run replaced), and table `name`_keys numbering the cells 0.. in key order; return the keys in that
+    order."""
     keys = ", ".join(key)
-    connection.execute(f"CREATE TEMP VIEW {name} AS {select}")
+    connection.execute(f"CREATE TEMP VIEW {name} AS {select.format(rows=ITEMS)}")
+    connection.execute(f"CREATE TEMP VIEW {name}_all AS {select.format(rows=ROWS)}")
     connection.execute(f"CREATE TEMP TABLE {name}_keys AS SELECT row_number() OVER (ORDER BY {keys}) - 1 AS cell, "
                        f"{keys} FROM (SELECT DISTINCT {keys} FROM {name})")
     return connection.execute(f"SELECT {keys} FROM {name}_keys ORDER BY cell").fetchall()
 
 
 def per_cell(name: str, key: tuple[str, ...], aggregates: str, where: str = "TRUE", by: str = "",
-             order: str = "") -> str:
+             order: str = "", cells: str = "") -> str:
     """A query of `cell`, then `aggregates` grouped by the cell key (and `by`, a comma-led list of more group
-    columns, output after `cell`), over the rows of view `name` that satisfy `where`."""
+    columns, output after `cell`), over the rows of view `name` that satisfy `where`; `cells` names the table
+    numbering the cells (default `name`_keys)."""
     keys = ", ".join(key)
     return (f"SELECT k.cell, g.* EXCLUDE ({keys}) FROM (SELECT {keys}{by}, {aggregates} FROM {name} WHERE {where} "
-            f"GROUP BY ALL) g JOIN {name}_keys k USING ({keys}) {order}")
+            f"GROUP BY ALL) g JOIN {cells or name + '_keys'} k USING ({keys}) {order}")
 
 
 def open_table(table: pa.Table) -> duckdb.DuckDBPyConnection:
@@ -127,8 +131,9 @@ def _once(files: list[Path]) -> list[Path]:
     return unique
 
 
-def _checked(file: Path) -> tuple[str, int]:
-    """The schema version and row count of a cachebench result file, or the error read_results would raise."""
+def checked_file(file: Path) -> tuple[str, int]:
+    """The schema version and row count of a cachebench result file, or the one-line error read_results would
+    raise, from the file's footer alone."""
     try:
         metadata = pq.read_metadata(file)
     except (pa.ArrowInvalid, OSError) as exc:

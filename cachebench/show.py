@@ -46,7 +46,6 @@ class Section:
     headers: tuple[str, ...]
     rows: list[tuple[str, ...]] = field(default_factory=list)
     left: int = 1
-    notes: tuple[str, ...] = ()
 
 
 def summarize(paths: Iterable[str | Path]) -> list[KVCell]:
@@ -68,15 +67,17 @@ def show(paths: Iterable[str | Path], console: Console, false_hit_ms: float | No
         return
     warnings = [f"warning: {describe_partial(run)}; its cells are marked (partial)" for run in board.partial]
     found = sections(board)
+    legend = [LEGEND] if board.kv else []
     if output == "markdown":
-        sys.stdout.write("".join(f"{line}\n\n" for line in warnings) + markdown(found))
+        sys.stdout.write("".join(f"{line}\n\n" for line in warnings) + markdown(found)
+                         + "".join(f"\n{line}\n" for line in legend))
         return
     for line in warnings:
         console.print(line, markup=False, highlight=False)
     for section in found:
         console.print(_rich(section))
-        for note in section.notes:
-            console.print(note, markup=False, highlight=False, style="dim")
+    for line in legend:
+        console.print(line, markup=False, highlight=False, style="dim")
 
 
 def sections(board: Leaderboard) -> list[Section]:
@@ -126,7 +127,7 @@ def _kv_section(task: str, cells: list[KVCell]) -> Section:
     measures = ("n", "TTFT (question) ms", "TTFT (request, with context) ms", "TTFT ×full", "KV MiB", "KV ×full",
                 "decode ms/token", "errors")
     headers = (*varying, *(() if perf else ("score", "95% CI")), *measures)
-    section = Section(task + (f" — {constant}" if constant else ""), headers, left=len(varying), notes=(LEGEND,))
+    section = Section(task + (f" — {constant}" if constant else ""), headers, left=len(varying))
     for cell, identity in zip(cells, identities, strict=True):
         quality = () if perf else (_number(cell.score, 3), _interval(cell.low, cell.high))
         section.rows.append((*(identity[name] for name in varying), *quality, str(cell.n),
@@ -171,13 +172,12 @@ def _rich(section: Section) -> Table:
 
 
 def markdown(found: list[Section]) -> str:
-    """GitHub-flavoured Markdown tables (pipes in values escaped), each under its title, notes as paragraphs."""
+    """GitHub-flavoured Markdown tables (pipes in values escaped), each under its title."""
     parts = []
     for section in found:
         align = ["---" if index < section.left else "---:" for index in range(len(section.headers))]
         lines = [f"### {section.title}", "", _md_row(section.headers), "| " + " | ".join(align) + " |"]
         lines += [_md_row(row) for row in section.rows]
-        lines += [f"\n{note}" for note in section.notes]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 

@@ -1,7 +1,7 @@
 """Suites: named, fixed grids of (method, task, settings) entries kept as data (cachebench/suites/*.yaml).
 
 A suite is what a regression gate compares: the same entries run the same way on every commit, one Parquet file
-per entry and a `suite.json` manifest. Every entry is checked with the same checks `cachebench eval` makes before
+per entry and a `_suite.json` manifest. Every entry is checked with the same checks `cachebench eval` makes before
 anything runs, so a typo in entry 9 fails in a second, not after eight entries of compute. The KV entries share one
 model load and the semantic entries one embedder load.
 """
@@ -24,7 +24,7 @@ from cachebench import __version__, provenance
 from cachebench.errors import UsageError, unknown_name
 from cachebench.runs import EvalRequest, ProgressSink, Silent, check_output_dir
 
-MANIFEST = "suite.json"
+MANIFEST = "_suite.json"  # "_": pandas and pyarrow folder reads skip it beside the rows
 _SUITE_KEYS = {"name", "summary", "model", "dtype", "device", "seed", "entries"}
 _ENTRY_KEYS = {"method", "task", "params", "limit", "mode", "max_new_tokens", "context_tokens", "compression",
                "llm_cost", "data"}
@@ -294,7 +294,7 @@ def _hardware(suite: Suite) -> str:
 
 def run_suite(suite: str | Suite, out: Path, progress: SuiteProgress | None = None) -> SuiteOutcome:
     """Check every entry, then run them in order: one Parquet file per entry (`NN-method.parquet`) and
-    `suite.json` under `out`. Entries with failed rows are recorded and the rest still run."""
+    `_suite.json` under `out`. Entries with failed rows are recorded and the rest still run."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
     requests = check_suite(suite, out)
     sink: ProgressSink = progress or Silent()

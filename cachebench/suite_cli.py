@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     def run_command(
         name: Annotated[str | None, typer.Argument(help="A shipped suite (see `cachebench suite list`).")] = None,
         out: Annotated[Path | None, typer.Option(help="New or empty folder for one Parquet file per entry and "
-                                                       "suite.json.")] = None,
+                                                       "_suite.json.")] = None,
         file: Annotated[Path | None, typer.Option(help="Run the suite in this YAML file instead of a shipped "
                                                         "one.")] = None,
     ) -> None:

@@ -20,7 +20,7 @@ from cachebench.cells import IDENTITY, ITEM, cluster_sql
 from cachebench.leaderboard.cells import KVCategory as CategoryScore
 from cachebench.leaderboard.cells import KVCell
 from cachebench.leaderboard.queries import provenance
-from cachebench.resultdb import ITEMS, SOURCE, number_cells, per_cell, text_keys
+from cachebench.resultdb import SOURCE, number_cells, per_cell, text_keys
 from cachebench.stats import cluster_intervals
 
 KEY = ("family", *IDENTITY)
@@ -36,21 +36,21 @@ _SELECT = f"""
            CASE WHEN isfinite(decode_ms_per_token) THEN decode_ms_per_token END AS decode_ms,
            error IS NULL AND (track = 'perf' OR ({_FINITE_SCORE})) AS ok,
            error IS NULL AND {_FINITE_SCORE} AS scored
-    FROM (SELECT *, split_part(task, '.', 1) AS family FROM {ITEMS} WHERE track IS DISTINCT FROM 'semantic')"""
+    FROM (SELECT *, split_part(task, '.', 1) AS family FROM {{rows}} WHERE track IS DISTINCT FROM 'semantic')"""
 _SUMMARY = per_cell(_VIEW, KEY, """count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok),
     avg(kv_bytes) FILTER (WHERE ok), avg(request_ttft) FILTER (WHERE ok), avg(ttft_ms) FILTER (WHERE ok),
     avg(decode_ms) FILTER (WHERE ok), bool_or(coalesce(reused_tokens, 0) > 0)""")
 # one entry per cluster (cachebench.cells.CLUSTER), sorted as np.unique sorts those labels
 _CLUSTERS = per_cell(_VIEW, KEY, "sum(score) AS total, count(*) AS size", where="scored",
                      by=f", {cluster_sql()} AS cluster", order="ORDER BY k.cell, g.cluster")
-_GROUP = ("task", "model", "model_weights", "dtype", "mode", "compression", "context_length")
+_GROUP = ("track", "task", "model", "model_weights", "dtype", "mode", "compression", "context_length")
 _BOTH_KV = "i.kv IS NOT NULL AND b.kv IS NOT NULL"
 _BOTH_TTFT = "i.ttft IS NOT NULL AND b.ttft IS NOT NULL"
 # per cell: matched items, then the ratios of sums over items where both sides have the value (a ratio of means
 # over the same items)
 _RATIOS = f"""
     WITH items AS (SELECT {", ".join(KEY)}, {", ".join(ITEM)}, kv_bytes AS kv, request_ttft AS ttft
-                   FROM {_VIEW} WHERE ok AND track = 'kv'),
+                   FROM {_VIEW} WHERE ok),
     base AS (SELECT {", ".join(_GROUP)}, {", ".join(ITEM)}, kv, ttft FROM items WHERE method = '{BASELINE}'),
     matched AS (
         SELECT {", ".join("i." + column for column in KEY)}, count(*) AS matched,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from cachebench.cells import IDENTITY
-from cachebench.resultdb import ITEMS, number_cells, open_table, per_cell, text_keys
+from cachebench.resultdb import number_cells, open_table, per_cell, text_keys
 from cachebench.semantic.report import ALL, CategoryScore, SemanticCell
 from cachebench.semantic.scoring import cost_model, rates
 from cachebench.stats import f1_intervals, wilson_interval
@@ -33,14 +33,14 @@ SELECT = f"""
                  {", ".join(_FINITE.format(c) for c in ("lookup_ms", "embed_ms", "fetch_ms", "llm_ms"))},
                  cache_entries, cache_bytes, turn, warmup, error, run_id, hardware, cachebench_version, git_sha,
                  created_at, run_complete, method_params, source
-          FROM (SELECT *, split_part(task, '.', 1) AS family FROM {ITEMS} WHERE track = 'semantic'))"""
+          FROM (SELECT *, split_part(task, '.', 1) AS family FROM {{rows}} WHERE track = 'semantic'))"""
 
 
 def semantic_summary(connection: duckdb.DuckDBPyConnection, key: tuple[str, ...] = IDENTITY,
                      penalty_ms: float | None = None) -> list[SemanticCell]:
     """Every semantic cell of the `items` view on `connection`, numbered by `key` (IDENTITY, or IDENTITY after
     more grouping columns) in key order; view VIEW and table VIEW_keys are left on the connection."""
-    keys = number_cells(connection, VIEW, SELECT.format(keys=text_keys(key)), key)
+    keys = number_cells(connection, VIEW, SELECT.format(keys=text_keys(key), rows="{rows}"), key)
     if not keys:
         return []
     names = ", ".join(key)
