@@ -79,11 +79,13 @@ class _RichProgress:
 
 def _check_names(method: str, task: str, params: list[str]) -> None:
     """Refuse an unknown method or task, or a bad --param, from the manifest and the task YAMLs alone: a typo is
-    reported in a fraction of a second instead of after torch and transformers have loaded (seconds)."""
+    reported in a fraction of a second instead of after torch and transformers have loaded (seconds). The task
+    registry is imported only once the method is known: it pulls in pyarrow (a fifth of a second)."""
     from cachebench.method_manifest import check_params, method_spec
-    from cachebench.taskspec import resolve_tasks
 
     method_spec(method)
+    from cachebench.taskspec import resolve_tasks
+
     resolve_tasks(task)
     check_params(method, params)
 
