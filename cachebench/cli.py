@@ -170,14 +170,33 @@ def show_command(
     false_hit_ms: Annotated[float | None, typer.Option(help="Semantic caches: the cost of a wrong (false or stale) "
                                                             "hit in the cost model (default: the LLM's cost).")]
     = None,
+    output_format: Annotated[str, typer.Option("--format", help="table (terminal), markdown (paper/README tables), "
+                                                                 "csv or json (one record per cell and category).")]
+    = "table",
 ) -> None:
     """Print a table per task: KV methods with score, 95% bootstrap interval, TTFT and KV size; semantic caches
     per category with hit/error rates, F-scores, stale hits, lookup latency and the break-even hit rate."""
-    from cachebench.show import console_for_tables, show
+    from cachebench.show import FORMATS, console_for_tables, show
 
     if false_hit_ms is not None and not (math.isfinite(false_hit_ms) and false_hit_ms >= 0):
         raise UsageError(f"--false-hit-ms must be a finite number >= 0, got {false_hit_ms}")
-    show(paths, console_for_tables(), false_hit_ms)
+    if output_format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    show(paths, console_for_tables(), false_hit_ms, output_format)
+
+
+@app.command("upgrade")
+def upgrade_command(
+    paths: Annotated[list[Path], typer.Argument(help="Result files or directories (searched recursively).")],
+) -> None:
+    """Rewrite result files of older schema versions in the current one, in place (atomically), so a folder reads
+    with one line of pandas or DuckDB; current files are left as they are."""
+    from cachebench.upgrade import upgrade
+
+    done = upgrade(paths)
+    for file, version in done:
+        print(f"upgraded {file} (schema version {version})")
+    print(f"{len(done)} file(s) upgraded", file=sys.stderr)
 
 
 @app.command("leaderboard")

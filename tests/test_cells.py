@@ -144,3 +144,23 @@ def test_older_files_upgrade_in_place_and_a_folder_reads_in_one_line(tmp_path):
     counted = duckdb.sql(f"SELECT count(*), count(request_ttft_ms) FROM read_parquet('{tmp_path}/*.parquet', "
                          "union_by_name = true)").fetchall()[0]
     assert counted == (36, 36)
+
+
+def test_the_documented_one_liners_read_the_committed_results():
+    """The Python block of docs/results.md's "Reading a folder of results", run as written on the repository's
+    results/ folder (every committed file must be of the current schema for the pandas line to see all columns)."""
+    import os
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs" / "results.md").read_text()
+    block = re.search(r"## Reading a folder of results.*?```python\n(.*?)```", text, re.S).group(1)
+    before = os.getcwd()
+    os.chdir(repo)
+    try:
+        scope: dict = {}
+        exec(block, scope)  # noqa: S102 - our own documentation
+    finally:
+        os.chdir(before)
+    assert scope["table"].num_rows == len(pd.read_parquet(repo / "results"))
+    assert list(scope["frame"].columns) == SCHEMA.names and scope["frame"]["track"].notna().all()
