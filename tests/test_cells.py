@@ -159,7 +159,7 @@ def test_the_documented_one_liners_read_the_committed_results():
     os.chdir(repo)
     try:
         scope: dict = {}
-        exec(block, scope)  # noqa: S102 - our own documentation
+        exec(block, scope)
     finally:
         os.chdir(before)
     assert scope["table"].num_rows == len(pd.read_parquet(repo / "results"))
