@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cachebench.errors import unknown_name
+from cachebench.kvcompress.budget import DEFAULT_RATIO
 from cachebench.params import MAX_TOKENS, param, parse_params
 
 
@@ -50,7 +51,7 @@ def _replace(params: tuple[ParamSpec, ...], **changed: ParamSpec) -> tuple[Param
 
 # cachebench.kvcompress.budget.BudgetParams: the eviction methods' shared size setting
 BUDGET = (
-    ParamSpec("ratio", float | None, None, "fraction of the cache removed (0.5 unless budget is set)",
+    ParamSpec("ratio", float | None, None, f"fraction of the cache removed ({DEFAULT_RATIO} unless budget is set)",
               low=0.0, high=0.99),
     ParamSpec("budget", int | None, None, "absolute number of tokens kept per layer and head, instead of a ratio",
               low=1, high=MAX_TOKENS),
@@ -297,3 +298,14 @@ def infrastructure_params(name: str) -> frozenset[str]:
     """The parameters of `name` declared `infrastructure`; empty for a name this version does not know."""
     spec = METHODS.get(name)
     return frozenset(p.name for p in spec.params if p.infrastructure) if spec else frozenset()
+
+
+def effective_defaults(name: str) -> dict[str, Any]:
+    """The parameters `name` runs with when none is given, as its rows record them: the declared defaults, with a
+    budgeted method's ratio resolved (BudgetParams sets DEFAULT_RATIO when neither ratio nor budget is given).
+    Tables compare a row's parameters with these to show only what was changed."""
+    spec = method_spec(name)
+    values = {p.name: p.default for p in spec.params}
+    if ("ratio", "budget") in spec.exclusive and values.get("ratio") is None and values.get("budget") is None:
+        values["ratio"] = DEFAULT_RATIO
+    return values

@@ -222,3 +222,19 @@ def test_manifest_validation_agrees_with_the_real_classes():
         for assignments in _probes(spec):
             expected = _outcome(real, name, assignments)
             assert _outcome(params_class(name), name, assignments) == expected, (name, assignments)
+
+
+def test_effective_defaults_are_what_a_method_runs_with():
+    """`show` hides parameters equal to these: they must be what an unconfigured method records in its rows."""
+    import json
+
+    from cachebench.method_manifest import METHODS, effective_defaults
+    from cachebench.params import canonical_json
+    from cachebench.registry import build_method
+    from cachebench.semantic.report import short_params
+
+    for name in METHODS:
+        recorded = canonical_json(build_method(name, []).params)
+        assert json.loads(recorded) == json.loads(json.dumps(effective_defaults(name))), name
+        assert short_params(name, recorded) == "defaults", name
+    assert short_params("snapkv", '{"budget":null,"kernel":7,"pooling":"avg","ratio":0.75,"window":32}') == "ratio=0.75"

@@ -51,16 +51,15 @@ class SemanticCell:
 def short_params(method: str, params_json: str) -> str:
     """The parameters that differ from the method's defaults, as name=value (the full JSON is in the rows); the
     defaults come from the method manifest, so no method (and no torch) is imported to print a table."""
-    from cachebench.method_manifest import METHODS
+    from cachebench.method_manifest import METHODS, effective_defaults
 
-    spec = METHODS.get(method)
     try:
         values = json.loads(params_json)
     except (TypeError, ValueError):
         values = None
-    if spec is None or not isinstance(values, dict):  # rows of a method this version does not know: as written
+    if method not in METHODS or not isinstance(values, dict):  # a method this version does not know: as written
         return params_json
-    defaults = {p.name: json.loads(json.dumps(p.default)) for p in spec.params}
+    defaults = json.loads(json.dumps(effective_defaults(method)))
     changed = [f"{k}={v}" for k, v in sorted(values.items()) if k not in defaults or defaults[k] != v]
     return " ".join(changed) or "defaults"
 
