@@ -45,14 +45,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _label(row_or_cell_key: dict[str, Any]) -> str:
-    params = json.loads(row_or_cell_key["method_params"])
-    label = row_or_cell_key["method"]
+def _label(key: dict[str, Any], store: str) -> str:
+    """A cell as the tables name it: the method, a threshold's value, and the store where it is not in-memory (the
+    cell itself leaves the store out: it changes time only, so the tables group rows by store first)."""
+    label = key["method"]
     if label == "threshold":
-        label += f" {params['threshold']:.2f}"
-    if params.get("store") != "memory":
-        label += f" [{params['store']}]"
-    return label
+        label += f" {json.loads(key['method_params'])['threshold']:.2f}"
+    return label + ("" if store == "memory" else f" [{store}]")
+
+
+def _cells_by_store(table: Any) -> dict[str, list[Any]]:
+    """The semantic cells of each store's rows (cachebench.semantic.summary): in-memory first, then by name."""
+    import pyarrow as pa
+
+    from cachebench.semantic.summary import summarize_semantic
+
+    stores = [json.loads(params).get("store", "memory") for params in table["method_params"].to_pylist()]
+    return {store: summarize_semantic(table.filter(pa.array([s == store for s in stores])))
+            for store in sorted(set(stores), key=lambda store: (store != "memory", store))}
 
 
 def _pct(value: float) -> str:
@@ -65,18 +75,17 @@ def render(rows: list[dict[str, Any]]) -> str:
     from cachebench.results import to_table
     from cachebench.semantic.report import ALL, tradeoff
     from cachebench.semantic.scoring import cost_model
-    from cachebench.semantic.summary import summarize_semantic
 
     table = to_table(rows) if not isinstance(rows, pa.Table) else rows
-    cells = summarize_semantic(table)
-    quality = [c for c in cells if json.loads(c.key["method_params"]).get("store") == "memory"]
+    by_store = _cells_by_store(table)
+    quality = by_store.get("memory", [])
     out = ["### Overall (warm-up excluded)", "",
            "| method | n | hit % | err % (95% CI) | precision | recall | F1 | F0.5 | stale % |",
            "|---|---|---|---|---|---|---|---|---|"]
     for cell in quality:
         score = next(s for s in cell.categories if s.category == ALL)
         r, ci = score.rates, score.intervals.get("error_rate", (float("nan"),) * 2)
-        out.append(f"| {_label(cell.key)} | {r.n} | {_pct(r.hit_rate)} | {_pct(r.error_rate)} ({_pct(ci[0])}–"
+        out.append(f"| {_label(cell.key, 'memory')} | {r.n} | {_pct(r.hit_rate)} | {_pct(r.error_rate)} ({_pct(ci[0])}–"
                    f"{_pct(ci[1])}) | {r.precision:.3f} | {r.recall:.3f} | {r.f1:.3f} | {r.f05:.3f} | "
                    f"{_pct(r.stale_rate)} |")
     categories = sorted({s.category for c in quality for s in c.categories if s.category != ALL})
@@ -86,7 +95,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         by = {s.category: s.rates for s in cell.categories}
         parts = [f"{_pct(by[c].hit_rate)} / {_pct(by[c].error_rate)} / {by[c].f1:.2f} / {_pct(by[c].stale_rate)}"
                  if c in by else "-" for c in categories]
-        out.append(f"| {_label(cell.key)} | " + " | ".join(parts) + " |")
+        out.append(f"| {_label(cell.key, 'memory')} | " + " | ".join(parts) + " |")
     curves = tradeoff(quality)
     if "threshold" in curves:
         found, area = curves["threshold"]
@@ -97,27 +106,29 @@ def render(rows: list[dict[str, Any]]) -> str:
             if cell.key["method"] == "threshold":
                 continue
             r = next(s for s in cell.categories if s.category == ALL).rates
-            out.append(f"- {_label(cell.key)}: hit {_pct(r.hit_rate)} %, err {_pct(r.error_rate)} %; the threshold "
-                       f"curve at that hit rate: err {_pct(_error_at(found, r.hit_rate))} %")
-    stores = [c for c in cells if c not in quality or c.key["method"] == "category-aware"]
+            out.append(f"- {_label(cell.key, 'memory')}: hit {_pct(r.hit_rate)} %, err {_pct(r.error_rate)} %; the "
+                       f"threshold curve at that hit rate: err {_pct(_error_at(found, r.hit_rate))} %")
+    stores = [(store, cell) for store, cells in by_store.items() for cell in cells
+              if store != "memory" or cell.key["method"] == "category-aware"]
     out += ["", "### Cost per store (L = embedding + lookup per request; C = LLM cost; break-even hit rate h* = "
                 "L / (C − F − q·P))", "",
             "| method [store] | category | lookup p50 ms | p95 ms | fetch p50 ms | L ms | C ms | h* | measured hit % | "
             "saving % of C | bytes/entry |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for cell in stores:
+    for store, cell in stores:
         for score in cell.categories:
             cost = score.cost
             if cost is None:
                 continue
             h_star = "never" if cost.break_even == float("inf") else f"{100 * cost.break_even:.2f}%"
-            out.append(f"| {_label(cell.key)} | {score.category} | {score.lookup_p50:.3f} | {score.lookup_p95:.3f} | "
-                       f"{cost.fetch_ms:.3f} | {cost.overhead_ms:.2f} | {cost.llm_ms:.0f} | {h_star} | "
+            out.append(f"| {_label(cell.key, store)} | {score.category} | {score.lookup_p50:.3f} | "
+                       f"{score.lookup_p95:.3f} | {cost.fetch_ms:.3f} | {cost.overhead_ms:.2f} | {cost.llm_ms:.0f} | "
+                       f"{h_star} | "
                        f"{_pct(score.rates.hit_rate)} | {_pct(cost.saving_share)} | "
                        f"{cell.bytes_per_entry:.0f} |")
     out += ["", "### Break-even hit rate h* over the whole stream at other LLM costs C (the measured L, F and q)", "",
             "| method [store] | L ms | F ms | " + " | ".join(f"h* at C = {c} ms" for c in OTHER_COSTS) + " |",
             "|---|---|---|" + "---|" * len(OTHER_COSTS)]
-    for cell in stores:
+    for store, cell in stores:
         score = next(s for s in cell.categories if s.category == ALL)
         if score.cost is None:
             continue
@@ -126,7 +137,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         for c in OTHER_COSTS:
             cost = cost_model(r.hit_rate, r.fp + r.stale, r.tp + r.fp, base.overhead_ms, base.fetch_ms, float(c))
             rows_h.append("never" if cost.break_even == float("inf") else f"{100 * cost.break_even:.1f}%")
-        out.append(f"| {_label(cell.key)} | {base.overhead_ms:.2f} | {base.fetch_ms:.3f} | " + " | ".join(rows_h)
+        out.append(f"| {_label(cell.key, store)} | {base.overhead_ms:.2f} | {base.fetch_ms:.3f} | " + " | ".join(rows_h)
                    + " |")
     return "\n".join(out)
 
