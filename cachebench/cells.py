@@ -36,6 +36,12 @@ def deduplicated(source: str) -> str:
         WHERE item_rank = 1"""
 
 
+def item_hash() -> str:
+    """SQL of a 64-bit hash of a row's cell and item. Equal items hash equal (nulls included); two different items
+    may collide, which only sends them through `deduplicated`, where the real columns decide."""
+    return f"hash({', '.join(f'{column}' for column in (*IDENTITY, *ITEM))})"
+
+
 def cluster_label(seed: object, episode_id: object) -> str:
     """The bootstrap's resampling unit of an item, as SQL builds it too (`cluster_sql`)."""
     return f"{seed}/{episode_id}"

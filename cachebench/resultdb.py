@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cachebench.cells import deduplicated
+from cachebench.cells import deduplicated, item_hash
 from cachebench.derived import derive
 from cachebench.errors import UsageError
 from cachebench.results import METADATA_KEY, SCHEMA, SCHEMA_VERSION, UPGRADABLE, _files, check_columns, read_results
@@ -43,7 +43,7 @@ def open_results(paths: Iterable[str | Path]) -> tuple[duckdb.DuckDBPyConnection
         version, count = checked_file(file)
         rows += count
         (current if version == SCHEMA_VERSION else older).append(index)
-    connection = duckdb.connect()
+    connection = _connect()
     parts = []
     if current:
         listed = ", ".join("'" + str(files[i]).replace("'", "''") + "'" for i in current)
@@ -56,9 +56,9 @@ def open_results(paths: Iterable[str | Path]) -> tuple[duckdb.DuckDBPyConnection
                                                                                       pa.int32())))
         parts.append(f"SELECT {_COLUMNS}, {SOURCE} FROM older_{index}")
     connection.execute(f"CREATE VIEW {ROWS} AS {' UNION ALL '.join(parts)}")
-    connection.execute(f"CREATE VIEW {ITEMS} AS {deduplicated(ROWS)}")
     try:
         scanned = connection.execute(f"SELECT count(*) FROM {ROWS}").fetchone()[0]
+        _create_items(connection)
     except duckdb.Error as exc:
         raise UsageError(_one_line(f"cannot read the result files ({exc})")) from None
     if scanned != rows:  # DuckDB expands glob characters: a file name with `*` or `[` matched other files
@@ -103,11 +103,35 @@ def per_cell(name: str, key: tuple[str, ...], aggregates: str, where: str = "TRU
 def open_table(table: pa.Table) -> duckdb.DuckDBPyConnection:
     """A connection with the views `results` and `items` over rows already in memory (one source, index 0), for
     callers that hold a table rather than files (the semantic benchmark, tests)."""
-    connection = duckdb.connect()
+    connection = _connect()
     connection.register("memory_rows", derive(table).append_column(SOURCE, pa.array([0] * table.num_rows, pa.int32())))
     connection.execute(f"CREATE VIEW {ROWS} AS SELECT * FROM memory_rows")
-    connection.execute(f"CREATE VIEW {ITEMS} AS {deduplicated(ROWS)}")
+    _create_items(connection)
     return connection
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that never draws a progress bar into a reader's output."""
+    connection = duckdb.connect()
+    connection.execute("SET enable_progress_bar = false")
+    return connection
+
+
+def _create_items(connection: duckdb.DuckDBPyConnection) -> None:
+    """View `items`: `results` with each item once (cachebench.cells.deduplicated). Ranking every row costs a
+    window over all of them (seconds at a million rows), so only the items held more than once are ranked, once,
+    into a table every later query reads: one pass finds their hashes, and when there are none (the usual folder)
+    `items` is `results` itself."""
+    connection.execute(f"CREATE TEMP TABLE repeated_items AS SELECT {item_hash()} AS item FROM {ROWS} "
+                       "GROUP BY item HAVING count(*) > 1")
+    if not connection.execute("SELECT count(*) FROM repeated_items").fetchone()[0]:
+        connection.execute(f"CREATE VIEW {ITEMS} AS SELECT * FROM {ROWS}")
+        return
+    connection.execute(f"""CREATE TEMP TABLE repeated_winners AS
+        {deduplicated(f"(SELECT * FROM {ROWS} WHERE {item_hash()} IN (SELECT item FROM repeated_items))")}""")
+    connection.execute(f"""CREATE VIEW {ITEMS} AS
+        SELECT * FROM {ROWS} WHERE {item_hash()} NOT IN (SELECT item FROM repeated_items)
+        UNION ALL BY NAME SELECT * FROM repeated_winners""")
 
 
 def scan_failure(files: list[Path], error: Exception) -> UsageError:
