@@ -164,3 +164,27 @@ def test_the_documented_one_liners_read_the_committed_results():
         os.chdir(before)
     assert scope["table"].num_rows == len(pd.read_parquet(repo / "results"))
     assert list(scope["frame"].columns) == SCHEMA.names and scope["frame"]["track"].notna().all()
+
+
+def perf_rows(run_id: str, kv: int) -> list[dict]:
+    return [{"run_id": run_id, "created_at": datetime(2026, 1, 4, tzinfo=UTC), "seed": 0, "track": "perf",
+             "task": "perf", "mode": "perf", "compression": "query-agnostic", "method": method,
+             "method_params": "{}", "model": "random:llama-3.1-8b", "model_weights": "random", "dtype": "bfloat16",
+             "context_length": 4096, "episode_id": str(repeat), "turn": 0, "references": [], "prefill_ms": 50.0,
+             "ttft_ms": 60.0, "decode_ms_per_token": 5.0, "kv_bytes": kv if method == "snapkv" else 1000}
+            for method in ("full", "snapkv") for repeat in range(3)]
+
+
+def test_perf_cells_are_judged_by_cost_checks_only(tmp_path):
+    write_atomic(perf_rows("base", 500), tmp_path / "base" / "p.parquet")
+    write_atomic(perf_rows("cand", 900), tmp_path / "cand" / "p.parquet")
+    board = aggregate([tmp_path / "base"])
+    snapkv = next(cell for cell in board.kv if cell.method == "snapkv")
+    assert snapkv.track == "perf" and snapkv.kv_ratio == pytest.approx(0.5) and snapkv.request_ttft_ms == 60.0
+    unjudged = run_gate([tmp_path / "base"], [tmp_path / "cand"])
+    assert not unjudged.passed and all(cell.status == "incomparable" for cell in unjudged.cells)
+    from cachebench.gate import GateOptions
+
+    grown = run_gate([tmp_path / "base"], [tmp_path / "cand"], GateOptions(max_kv_ratio=1.5))
+    failing = [cell.key["method"] for cell in grown.cells if cell.failed]
+    assert failing == ["snapkv"]  # its KV bytes grew 1.8x; full's did not move
