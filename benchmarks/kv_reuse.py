@@ -50,11 +50,11 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    from cachebench.derived import request_ttft
+    from cachebench.results import to_table
     from cachebench.stats import cluster_bootstrap_ci
 
     cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for row in to_table(rows).to_pylist():  # the written rows: request_ttft_ms derived as every reader has it
         if row["error"] is None:
             cells[_label(row)].append(row)
     out = {}
@@ -64,7 +64,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         tiers = {t: sum(r[f"reused_{t}_tokens"] or 0 for r in group) for t in ("device", "cpu", "disk")}
         out[label] = {
             "score": score, "low": low, "high": high, "n": len(group),
-            "ttft": statistics.fmean(request_ttft(r["mode"], r["turn"], r["prefill_ms"], r["ttft_ms"]) for r in group),
+            "ttft": statistics.fmean(r["request_ttft_ms"] for r in group),
             "reused": reused / sum(r["context_tokens"] for r in group),
             "recomputed": sum(r["recomputed_tokens"] for r in group) / reused if reused else 0.0,
             "tiers": ", ".join(f"{t} {v / reused:.0%}" for t, v in tiers.items() if v) if reused else "-",

@@ -9,7 +9,6 @@ writer sets them and how files of older versions are read (cachebench.results.re
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import pyarrow as pa
@@ -18,20 +17,6 @@ import pyarrow.compute as pc
 SEMANTIC_METRIC = "semantic_outcome"  # the metric of every semantic-cache row (cachebench.taskspec.SEMANTIC_METRIC)
 EM_METRIC = "longconvqa_f1"  # rows of this metric also get exact match (cachebench.metrics.longconvqa_em)
 TRACKS = ("kv", "semantic", "perf")
-
-
-def request_ttft(mode: str | None, turn: int | None, prefill_ms: float | None, ttft_ms: float | None) -> float:
-    """Time to first token of the request a row stands for, the context's prefill included where the request
-    paid for it.
-
-    A multi-request row is a whole request (its context, then its question): without reuse its context is
-    prefilled again, so the context prefill counts. In multi-turn mode only the first turn prefilled the context.
-    This is the figure a serving engine (vLLM, SGLang) reports as TTFT; `ttft_ms` is the question's part only.
-    """
-    ttft = math.nan if ttft_ms is None else ttft_ms
-    if mode == "multi-request" or turn == 0:
-        return ttft + (math.nan if prefill_ms is None else prefill_ms)
-    return ttft
 
 
 def identity_params(method: str | None, params_json: str | None) -> str | None:
@@ -88,8 +73,11 @@ def _cell_params(table: pa.Table) -> pa.Array:
 
 
 def _request_ttft(table: pa.Table) -> pa.Array:
-    """request_ttft, vectorised: ttft_ms, plus prefill_ms on multi-request rows and first turns. KV rows only; a
-    perf row's ttft_ms is already the whole request's (its prefill, then the first token)."""
+    """Time to first token of the request each row stands for, the context's prefill included where the request
+    paid for it: ttft_ms, plus prefill_ms on multi-request rows (without reuse a request's context is prefilled
+    again) and on a multi-turn episode's first turn (later turns find the context cached). This is the figure a
+    serving engine (vLLM, SGLang) reports as TTFT; `ttft_ms` is the question's part only. KV rows only; a perf
+    row's ttft_ms is already the whole request's (its prefill, then the first token)."""
     perf = pc.equal(pc.fill_null(table["track"], ""), "perf")
     with_context = pc.and_(pc.invert(perf), pc.or_(pc.equal(pc.fill_null(table["mode"], ""), "multi-request"),
                                                    pc.equal(pc.fill_null(table["turn"], -1), 0)))
