@@ -59,8 +59,8 @@ def open_results(paths: Iterable[str | Path]) -> tuple[duckdb.DuckDBPyConnection
     try:
         scanned = connection.execute(f"SELECT count(*) FROM {ROWS}").fetchone()[0]
         _create_items(connection)
-    except duckdb.Error as exc:
-        raise UsageError(_one_line(f"cannot read the result files ({exc})")) from None
+    except duckdb.Error as exc:  # pages damaged behind an intact footer: name the file
+        raise scan_failure(files, exc) from None
     if scanned != rows:  # DuckDB expands glob characters: a file name with `*` or `[` matched other files
         raise UsageError("a result file's name contains glob characters (*, ?, [) that match other files; rename it")
     return connection, files, rows

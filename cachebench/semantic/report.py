@@ -99,13 +99,14 @@ def semantic_sections(cells: list[SemanticCell]) -> list[Section]:
     out: list[Section] = []
     for task, task_cells in by_task.items():
         models = {_model(cell) for cell in task_cells}
-        title = task + (f" — {models.pop()}" if len(models) == 1 else "")
-        named = len(models) > 1  # several models (or dtypes): a column says which
+        named = len(models) > 1  # several models (or dtypes): a column says which, else the titles do
+        suffix = "" if named else f" — {models.pop()}"
         if task_cells[0].key["mode"] == "pair":
-            out.append(_pairs(title, task_cells, named))
+            found = [_pairs(task, task_cells, named)]
         else:
-            out.extend(_stream(title, task_cells, named))
-        out.extend(_tradeoff(title, task_cells))
+            found = _stream(task, task_cells, named)
+        found += _tradeoff(task, task_cells)
+        out += [(title + suffix, headers, rows, left) for title, headers, rows, left in found]
     return out
 
 
