@@ -23,12 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "cachebench"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cachebench.cli"]
 
-# The same typo handed to cachebench.evaluate.run_eval, which checks it only after torch and transformers are
+# The same typo handed to cachebench.eval_run.run_eval, which checks it only after torch and transformers are
 # imported: the path `eval` took before it checked names against the method manifest.
 LIBRARY_TYPO = (
     "import sys\n"
     "from cachebench.errors import UsageError\n"
-    "from cachebench.evaluate import EvalRequest, run_eval\n"
+    "from cachebench.eval_run import EvalRequest, run_eval\n"
     "try:\n"
     "    run_eval(EvalRequest(method='snapkvv', task='multiturn'))\n"
     "except UsageError:\n"

@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
         print(render(summarize(rows), {}))
         return 0
     from cachebench.errors import UsageError
-    from cachebench.evaluate import EvalRequest, run_eval
+    from cachebench.eval_run import EvalRequest, run_eval
     from cachebench.models.loading import load_model
     from cachebench.registry import build_method
     from cachebench.results import write_atomic

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     from cachebench.engine.measure import Clock
     from cachebench.engine.runner import RunSettings, prepare_episodes, warm_up
     from cachebench.engine.session import KVSession, LayerHooks
-    from cachebench.evaluate import EvalRequest, build_episodes
+    from cachebench.eval_run import EvalRequest, build_episodes
     from cachebench.models.loading import load_model
     from cachebench.provenance import hardware
     from cachebench.registry import build_method

@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         print(render(summarize(rows)) + "\n\n" + by_category(rows))
         return 0
     from cachebench.errors import UsageError
-    from cachebench.evaluate import EvalRequest, run_eval
+    from cachebench.eval_run import EvalRequest, run_eval
     from cachebench.models.loading import load_model
     from cachebench.provenance import hardware
     from cachebench.registry import build_method

@@ -88,7 +88,7 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
 def run_accuracy(args: argparse.Namespace, model: Any, rows: list[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
-    from cachebench.evaluate import EvalRequest, run_eval
+    from cachebench.eval_run import EvalRequest, run_eval
     from cachebench.registry import build_method
     from cachebench.results import to_table
 
@@ -119,7 +119,7 @@ def run_memory(args: argparse.Namespace, model: Any) -> str:
     from cachebench.engine.chat import ChatFormat
     from cachebench.engine.runner import RunSettings, prepare_episodes
     from cachebench.engine.session import KVSession, LayerHooks
-    from cachebench.evaluate import EvalRequest, build_episodes
+    from cachebench.eval_run import EvalRequest, build_episodes
     from cachebench.registry import build_method
     from cachebench.taskspec import resolve_tasks
 

@@ -77,17 +77,26 @@ class _RichProgress:
             self._progress.stop()
 
 
-def _check_names(method: str, task: str, params: list[str]) -> None:
+def _check_names(method: str, task: str, params: list[str], include: tuple[str, ...] = ()) -> None:
     """Refuse an unknown method or task, or a bad --param, from the manifest and the task YAMLs alone: a typo is
     reported in a fraction of a second instead of after torch and transformers have loaded (seconds). The task
     registry is imported only once the method is known: it pulls in pyarrow (a fifth of a second)."""
-    from cachebench.method_manifest import check_params, method_spec
+    from cachebench.method_manifest import METHODS, check_params
 
-    method_spec(method)
+    plugin = None
+    if method not in METHODS:  # a plugin (import path, installed entry point) is imported; a typo is refused
+        from cachebench.registry import method_class
+
+        plugin = method_class(method)
     from cachebench.taskspec import resolve_tasks
 
-    resolve_tasks(task)
-    check_params(method, params)
+    resolve_tasks(task, include)
+    if plugin is None:
+        check_params(method, params)
+    else:
+        from cachebench.params import parse_params
+
+        parse_params(plugin.Params, params, owner=plugin.name)
 
 
 @app.command("eval")
@@ -120,21 +129,31 @@ def eval_command(
     llm_cost_ms: Annotated[str | None, typer.Option(help="Semantic caches: the LLM's cost per request in ms, one "
                                                          "number or category=ms pairs (default: measured with "
                                                          "--model).")] = None,
+    include_path: Annotated[list[str] | None, typer.Option(help="A folder of your own task YAMLs (searched "
+                                                                "recursively); repeatable.")] = None,
+    model_args: Annotated[list[str] | None, typer.Option(help="key=value settings for the model's "
+                                                              "from_pretrained, comma-separated (revision=main,"
+                                                              "trust_remote_code=true); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the file "
                                                               "path.")] = False,
 ) -> None:
     """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
-    or per request (semantic caches)."""
-    _check_names(method, task, list(param or ()))
+    or per request (semantic caches). METHOD may be a plugin's package.module:Class; TASK a task YAML's path."""
+    _check_names(method, task, list(param or ()), tuple(include_path or ()))
+    if model_args:
+        from cachebench.models.loading import parse_model_args
+
+        parse_model_args(model_args)  # refused in one line before anything loads
     from rich.console import Console
 
-    from cachebench.evaluate import EvalRequest, run_eval
+    from cachebench.eval_run import EvalRequest, run_eval
 
     request = EvalRequest(
         method=method, task=task, params=tuple(param or ()), model=model, dtype=dtype, device=device,
         attn_impl=attn_impl, mode=mode, golden_history=golden_history, context_tokens=context_tokens, limit=limit,
         seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
-        compression=compression, embedder=embedder, llm_cost=llm_cost_ms,
+        compression=compression, embedder=embedder, llm_cost=llm_cost_ms, include_path=tuple(include_path or ()),
+        model_args=tuple(model_args or ()),
     )
     console = Console(stderr=True)
     progress = None if quiet else _RichProgress(console)
@@ -277,24 +296,47 @@ def list_methods(
 
     width = _width()
     if name is not None:
-        spec = method_spec(name)
+        spec = method_spec(name) if name in METHODS else _plugin_spec(name)
         print("\n".join(_describe_method(spec, width)))
         return
-    column = max(len(n) for n in METHODS) + 2
+    from cachebench.registry import ENTRY_POINT_GROUP, _installed
+
+    installed = _installed()
+    specs = [*sorted(METHODS.values(), key=lambda s: s.name),
+             *(_plugin_spec(plugin) for plugin in sorted(set(installed) - set(METHODS)))]
+    column = max(len(spec.name) for spec in specs) + 2
     print(_fit(f"{'method':<{column}}{'track':<10}summary", width))
-    for spec in sorted(METHODS.values(), key=lambda s: s.name):
-        print(_fit(f"{spec.name:<{column}}{spec.track:<10}{spec.summary}", width))
-    print(_fit("parameters of one: cachebench list methods NAME", width))
+    for spec in specs:
+        origin = "" if spec.name in METHODS else f" [plugin: {installed.get(spec.name, spec.name)}]"
+        print(_fit(f"{spec.name:<{column}}{spec.track:<10}{spec.summary}{origin}", width))
+    print(_fit(f"parameters of one: cachebench list methods NAME; plugins: --method package.module:Class or the "
+               f"{ENTRY_POINT_GROUP} entry-point group", width))
+
+
+def _plugin_spec(name: str) -> Any:
+    """A plugin's manifest-shaped description, read from its class (imported)."""
+    import dataclasses
+
+    from cachebench.method_manifest import MethodSpec, ParamSpec
+    from cachebench.params import infrastructure_fields
+    from cachebench.registry import method_class
+
+    cls = method_class(name)
+    infrastructure = infrastructure_fields(cls.Params)
+    params = tuple(ParamSpec(f.name, f.type, f.default, f.metadata.get("help", ""),
+                             infrastructure=f.name in infrastructure) for f in dataclasses.fields(cls.Params))
+    return MethodSpec(cls.name, cls.track, cls.summary, params)
 
 
 def _describe_method(spec: Any, width: int) -> list[str]:
     """The lines of `list methods NAME`: summary, then each parameter with its type, default, bounds and help."""
-    from cachebench.method_manifest import params_class
+    from cachebench.method_manifest import METHODS, params_class
     from cachebench.params import describe_params
+    from cachebench.registry import method_class
 
     track = "KV-cache method" if spec.track == "kv" else "semantic response cache"
     lines = [f"{spec.name} ({track})", *_wrap(spec.summary, width, "  "), ""]
-    infos = describe_params(params_class(spec.name))
+    infos = describe_params(params_class(spec.name) if spec.name in METHODS else method_class(spec.name).Params)
     if not infos:
         return [*lines, "parameters: none"]
     infrastructure = {p.name for p in spec.params if p.infrastructure}

@@ -44,6 +44,8 @@ class EvalRequest:
     compression: str = "query-agnostic"  # when a compressing method may see the question (see RunSettings)
     embedder: str = "embedded"  # semantic track: the sentence embedder (MiniLM by default)
     llm_cost: str | None = None  # semantic track: LLM cost per request in ms ("800" or "code=900,factual=400")
+    include_path: tuple[str, ...] = ()  # folders of the user's own task YAMLs (--include-path)
+    model_args: tuple[str, ...] = ()  # key=value settings passed to the model's from_pretrained (--model-args)
 
 
 @dataclass

@@ -219,7 +219,7 @@ def _check_entry(suite: Suite, entry: SuiteEntry, out: Path) -> EvalRequest:
         raise UsageError(f"data {entry.data}: no such file")
     request = _request(suite, entry, out)
     if track == "kv":
-        from cachebench.evaluate import _check_request
+        from cachebench.eval_run import _check_request
 
         if entry.llm_cost is not None:
             raise UsageError("llm_cost applies to semantic-cache entries only")
@@ -355,7 +355,7 @@ def _run_entry(request: EvalRequest, progress: ProgressSink, model: Any, embedde
     from cachebench.registry import build_method, method_track
 
     if method_track(request.method) == "kv":
-        from cachebench.evaluate import run_eval
+        from cachebench.eval_run import run_eval
 
         return run_eval(request, progress, model=model)
     from cachebench.semantic.evaluate import run_semantic_eval

@@ -1,4 +1,5 @@
-"""Task definitions read from YAML (tasks/<family>/<task>.yaml), as lm-evaluation-harness keeps tasks as data.
+"""Task definitions read from YAML (tasks/<family>/<task>.yaml), as lm-evaluation-harness keeps tasks as data;
+a user's own tasks are YAML files named by path (`--task my/task.yaml`) or found under `--include-path` folders.
 
 A task names its family, the builder that produces its episodes (offline generator or real-dataset loader), the
 default mode, the scorer, how many tokens to generate, and the prompt templates. Groups are tags: `--task
@@ -7,10 +8,13 @@ multiturn` runs every task tagged with that group.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -131,8 +135,45 @@ def _parse(text: str, origin: str) -> TaskSpec:
     )
 
 
-def all_tasks() -> dict[str, TaskSpec]:
-    """Every task YAML shipped in the tasks package, by name."""
+def all_tasks(include: Sequence[str | Path] = ()) -> dict[str, TaskSpec]:
+    """Every task YAML shipped in the tasks package, and those under the `include` folders (searched recursively,
+    lm-evaluation-harness's --include_path), by name. An included task may not take a built-in's name."""
+    specs = _shipped_tasks()
+    for folder in include:
+        path = Path(folder)
+        if not path.is_dir():
+            raise UsageError(f"--include-path {folder}: not a folder")
+        for file in sorted(path.rglob("*.y*ml")):
+            spec = task_file(file)
+            if spec.name in specs:
+                raise UsageError(f"{file}: task {spec.name!r} is already defined; give it another family or subtask")
+            specs[spec.name] = spec
+    return specs
+
+
+def task_file(path: str | Path) -> TaskSpec:
+    """The task a YAML file outside the package defines (`--task path/to/task.yaml`), or a one-line error."""
+    file = Path(path)
+    try:
+        return _parse(file.read_text(encoding="utf-8"), str(file))
+    except OSError as exc:
+        raise UsageError(f"--task {file}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise UsageError(" ".join(f"{file}: not a task definition ({exc})".split())) from None
+
+
+def builder_module(spec: TaskSpec) -> ModuleType:
+    """The module that builds a task's data: one under tasks/builders, or an importable `package.module` (a task
+    defined outside the package may bring its own)."""
+    name = spec.builder if "." in spec.builder else f"cachebench.tasks.builders.{spec.builder}"
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(f"task {spec.name}: cannot import its builder {spec.builder} ({exc})") from None
+
+
+def _shipped_tasks() -> dict[str, TaskSpec]:
+    """Every task YAML shipped in the tasks package, by name (read once)."""
     specs: dict[str, TaskSpec] = {}
     root = resources.files("cachebench.tasks")
     for family_dir in sorted(root.iterdir(), key=lambda p: p.name):
@@ -153,9 +194,11 @@ def groups(specs: dict[str, TaskSpec]) -> dict[str, list[str]]:
     return out
 
 
-def resolve_tasks(name: str) -> list[TaskSpec]:
-    """A task name or a group name -> the task specs to run, in a stable order."""
-    specs = all_tasks()
+def resolve_tasks(name: str, include: Sequence[str | Path] = ()) -> list[TaskSpec]:
+    """A task name, a group name or a task YAML file's path -> the task specs to run, in a stable order."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return [task_file(name)]
+    specs = all_tasks(include)
     if name in specs:
         return [specs[name]]
     by_group = groups(specs)

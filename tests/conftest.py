@@ -19,7 +19,7 @@ import torch
 
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.runner import EpisodeRunner, RunSettings, prepare_episodes
-from cachebench.evaluate import EvalRequest, build_episodes
+from cachebench.eval_run import EvalRequest, build_episodes
 from cachebench.method import KVMethod, LayerCall
 from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel

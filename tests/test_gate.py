@@ -13,7 +13,7 @@ from filelock import FileLock
 
 from cachebench.baselines.kv.snapkv import SnapKV, SnapKVParams
 from cachebench.errors import UsageError
-from cachebench.evaluate import EvalRequest, run_eval
+from cachebench.eval_run import EvalRequest, run_eval
 from cachebench.gate import GateOptions, gate_command, paired_bootstrap, render_markdown, run_gate, to_json
 from cachebench.method import LayerCall
 from cachebench.results import read_results, write_atomic

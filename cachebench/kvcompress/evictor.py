@@ -11,7 +11,8 @@ Compression runs inside the attention hook, layer by layer, right after the laye
                   contain the question). Later turns compress again whenever the cache exceeds the target.
 
 The target (entries kept per layer and head) is fixed the first time a layer is compressed, so a multi-turn
-cache is brought back to the same budget each turn. Subclasses supply the selection rule (`select`) and may
+cache is brought back to the same budget each turn. Subclasses supply the selection rule (`select`, or only
+`score`: per-entry importance, the base keeping the top entries with window and sinks protected) and may
 override the per-layer target (`layer_target`); a method that also evicts while decoding (H2O) overrides
 `on_layer` and reuses `target_for`.
 """
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cachebench.kvcompress.prune import keep_in_layer, with_tail
+from cachebench.kvcompress.prune import keep_in_layer, top_k_sorted, with_tail
 from cachebench.kvcompress.queries import WindowInputs
 from cachebench.method import KVMethod, LayerCall
 
@@ -32,6 +33,22 @@ STATE_KEY = "eviction"
 def eviction_state(call: LayerCall) -> dict[str, Any]:
     """Per-cache state of the schedule: targets and window inputs per layer (snapshotted with the cache)."""
     return call.state.setdefault(STATE_KEY, {"target": {}, "window": {}, "reference": {}})
+
+
+def protect(scores: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
+    """`scores` with the last `window` entries ranked above everything (newest highest), then the first `sinks`,
+    so top-k keeps them first whatever the scores (NaN scores rank lowest)."""
+    length = scores.shape[-1]
+    window, sinks = min(window, length), min(sinks, max(0, length - min(window, length)))
+    ranked = torch.nan_to_num(scores, nan=-torch.inf)
+    finite = ranked[torch.isfinite(ranked)]
+    above = (finite.max() if finite.numel() else ranked.new_zeros(())) + 1
+    ranked = ranked.clone()
+    if sinks:
+        ranked[..., :sinks] = above
+    if window:
+        ranked[..., length - window:] = above + 1 + torch.arange(window, device=ranked.device, dtype=ranked.dtype)
+    return ranked
 
 
 class EvictionMethod(KVMethod):
@@ -49,10 +66,25 @@ class EvictionMethod(KVMethod):
         """Entries this layer keeps, given the length the budget refers to (the first compressed prefill)."""
         return self.params.kept(reference)
 
+    def score(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+        """Importance (batch, kv_heads, L) of each entry of `keys` (batch, kv_heads, L, d), higher kept; `queries`
+        (batch, q_heads, w, d) are the window tokens at the last w indices of `keys` (None when `uses_queries` is
+        False). A method may define only this (kvpress's shape): `select` then does the rest."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither score() nor select()")
+
     def select(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None, keep: int) -> torch.Tensor:
         """Indices (batch, kv_heads, keep), ascending, of the entries to keep among `keys` (batch, kv_heads, L, d);
-        `queries` (batch, q_heads, w, d) are the window tokens at the last w indices of `keys`."""
-        raise NotImplementedError
+        `queries` (batch, q_heads, w, d) are the window tokens at the last w indices of `keys`.
+
+        The default keeps the top `keep` of `score`, with the observation window (`window`) and the first `sinks`
+        entries (where the method declares those parameters) protected: the window first, newest before older,
+        then the sinks, then the best scored."""
+        scores = self.score(call, keys, queries).float()
+        length = keys.shape[2]
+        if tuple(scores.shape) != (keys.shape[0], keys.shape[1], length):
+            raise ValueError(f"{self.name}.score returned shape {tuple(scores.shape)}, expected "
+                             f"{(keys.shape[0], keys.shape[1], length)}")
+        return top_k_sorted(protect(scores, int(getattr(self.params, "sinks", 0)), self.window), keep)
 
     def on_layer(self, call: LayerCall) -> None:
         layer = call.cache.layers[call.layer_idx]

@@ -7,6 +7,7 @@ loaded through transformers, or `random:<preset|config.json>` (random weights of
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,28 +62,55 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype, attn_impl: str, local_only: bool = False
-                     ) -> tuple[Any, Any]:
+_OWN_ARGS = ("dtype", "torch_dtype", "attn_implementation", "local_files_only", "device_map")  # set from options
+
+
+def parse_model_args(assignments: Sequence[str]) -> dict[str, Any]:
+    """`--model-args` settings (`key=value`, comma-separated or repeated) as from_pretrained keyword arguments;
+    values read as YAML scalars (true, 8, 0.5, text). Settings cachebench makes itself are refused, naming the
+    option that sets them."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    for assignment in (part.strip() for text in assignments for part in text.split(",")):
+        if not assignment:
+            continue
+        key, sep, value = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-args {assignment!r}: expected key=value")
+        if key in _OWN_ARGS:
+            raise UsageError(f"--model-args {key}: set by --dtype, --attn-impl and --device, not here")
+        try:
+            found[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            found[key] = value
+    return found
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype, attn_impl: str, local_only: bool = False,
+                     model_args: dict[str, Any] | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_impl,
-                                                 local_files_only=local_only)
+                                                 local_files_only=local_only, **(model_args or {}))
     return model, tokenizer
 
 
-def _from_hub(model_id: str, dtype: torch.dtype, attn_impl: str) -> tuple[Any, Any]:
+def _from_hub(model_id: str, dtype: torch.dtype, attn_impl: str, model_args: dict[str, Any] | None = None
+              ) -> tuple[Any, Any]:
     """A hub id: from the local HF cache when it is there, else downloaded if the hub answers."""
     from cachebench.hub import hub_endpoint, hub_reachable
 
     try:
-        return _from_pretrained(model_id, dtype, attn_impl, local_only=True)
+        return _from_pretrained(model_id, dtype, attn_impl, local_only=True, model_args=model_args)
     except OSError:
         pass
     if not hub_reachable():
         raise UsageError(f"--model {model_id}: not in the local Hugging Face cache and {hub_endpoint()} cannot be "
                          "reached (pass a local model folder instead)")
-    return _from_pretrained(model_id, dtype, attn_impl)
+    return _from_pretrained(model_id, dtype, attn_impl, model_args=model_args)
 
 
 def _looks_local(spec: str, path: Path) -> bool:
@@ -224,10 +252,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: str = "sdpa") -> LoadedModel:
-    """Load the model named by `spec`; every failure the user can fix becomes a one-line UsageError."""
+def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: str = "sdpa",
+               model_args: Sequence[str] = ()) -> LoadedModel:
+    """Load the model named by `spec`; every failure the user can fix becomes a one-line UsageError.
+
+    `model_args` (`key=value`) go to from_pretrained; the model's recorded name then carries them, so runs with
+    other loading settings (a revision, a quantization) are never read as the same model."""
     if attn_impl not in ATTN_IMPLS:
         raise UsageError(f"--attn-impl {attn_impl!r}: expected one of {', '.join(ATTN_IMPLS)}")
+    extra = parse_model_args(model_args)
+    if extra and spec.startswith("random:"):
+        raise UsageError("--model-args apply to pretrained models (from_pretrained), not to random: shapes")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars would drown the run's own progress
@@ -237,7 +272,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: 
     try:
         if spec == DEFAULT_MODEL:
             name = embedded.EMBEDDED_NAME
-            model, tokenizer = _from_pretrained(embedded.converted_dir(), torch_dtype, attn_impl)
+            model, tokenizer = _from_pretrained(embedded.converted_dir(), torch_dtype, attn_impl, model_args=extra)
         elif spec.startswith("random:"):
             from cachebench.models import random_init
 
@@ -256,13 +291,15 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", attn_impl: 
                 raise UsageError(f"--model {spec}: not a readable model folder (no config.json)")
             name = spec
             if looks_local:
-                model, tokenizer = _from_pretrained(path, torch_dtype, attn_impl)
+                model, tokenizer = _from_pretrained(path, torch_dtype, attn_impl, model_args=extra)
             else:
-                model, tokenizer = _from_hub(spec, torch_dtype, attn_impl)
+                model, tokenizer = _from_hub(spec, torch_dtype, attn_impl, model_args=extra)
     except UsageError:
         raise
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, TypeError) as exc:
         raise UsageError(f"--model {spec}: cannot load: {_first_line(exc)}") from None
+    if extra:
+        name += " (" + ", ".join(f"{key}={value}" for key, value in sorted(extra.items())) + ")"
     model.to(torch_device)
     model.eval()
     max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)

@@ -6,7 +6,6 @@ data file) is reported before the stream runs. One row per looked-up request.
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -31,12 +30,12 @@ from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
 from cachebench.semantic.method import SemanticMethod
 from cachebench.semantic.runner import RequestResult, StreamRunner
 from cachebench.semantic.stream import Stream, StreamRequest
-from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, check_data
+from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, builder_module, check_data
 
 
 def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
     """Run the task's builder and check what every builder must deliver."""
-    builder = importlib.import_module(f"cachebench.tasks.builders.{spec.builder}")
+    builder = builder_module(spec)
     stream = builder.build_stream(StreamRequest(seed=request.seed, args=spec.builder_args, limit=request.limit,
                                                 data_path=request.data))
     stream.warmup = spec.warmup if stream.protocol == "stream" else 0.0
@@ -85,7 +84,7 @@ def _llm_costs(request: EvalRequest, spec: TaskSpec, stream: Stream, given: dict
         return {c: float(v) for c, v in costs.items() if v is not None}, "set"
     from cachebench.models.loading import load_model
 
-    model = load_model(request.model, request.dtype, request.device, request.attn_impl)
+    model = load_model(request.model, request.dtype, request.device, request.attn_impl, request.model_args)
     measured = measure_llm_cost(model, requests, missing, request.max_new_tokens or spec.max_new_tokens)
     costs.update(measured)
     return {c: float(v) for c, v in costs.items() if v is not None}, model.name

@@ -46,7 +46,7 @@ from cachebench.runs import (
     run_identity,
     sigterm_as_interrupt,
 )
-from cachebench.taskspec import MAX_LIMIT, TaskSpec, check_data, check_mode, resolve_tasks
+from cachebench.taskspec import MAX_LIMIT, TaskSpec, builder_module, check_data, check_mode, resolve_tasks
 
 
 def _check_request(request: EvalRequest) -> list[TaskSpec]:
@@ -65,7 +65,7 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
         raise UsageError(f"--limit must be at most {MAX_LIMIT}, got {request.limit}")
     if not 0 <= request.seed <= INT64_MAX:
         raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
-    specs = resolve_tasks(request.task)
+    specs = resolve_tasks(request.task, request.include_path)
     semantic = [spec.name for spec in specs if spec.track == "semantic"]
     if semantic:
         raise UsageError(f"task {semantic[0]} is a semantic-cache task; method {request.method!r} is a KV-cache "
@@ -85,7 +85,7 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
 def build_episodes(spec: TaskSpec, request: EvalRequest, model: LoadedModel | Any) -> list[Episode]:
     """Run the task's builder (generator or dataset loader) for this request; `model` is a loaded model or just
     its tokenizer (all a builder needs to measure lengths)."""
-    builder = importlib.import_module(f"cachebench.tasks.builders.{spec.builder}")
+    builder = builder_module(spec)
     tokenizer = model.tokenizer if isinstance(model, LoadedModel) else model
 
     def count_tokens(text: str) -> int:
@@ -190,7 +190,7 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     if method_track(request.method) == "semantic":
         from cachebench.semantic.evaluate import run_semantic_eval
 
-        return run_semantic_eval(request, resolve_tasks(request.task),
+        return run_semantic_eval(request, resolve_tasks(request.task, request.include_path),
                                  method or build_method(request.method, list(request.params)), progress)
     progress = progress or Silent()
     specs = _check_request(request)
@@ -201,7 +201,7 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     built = [(spec, build_episodes(spec, request, tokenizer)) for spec in specs]
     planned = sum(len(episode.turns) for _, episodes in built for episode in episodes)
     check_room(request.out, planned)
-    model = model or load_model(request.model, request.dtype, request.device, request.attn_impl)
+    model = model or load_model(request.model, request.dtype, request.device, request.attn_impl, request.model_args)
     torch.manual_seed(request.seed)
     chat = ChatFormat(model.tokenizer)
     plan = []
