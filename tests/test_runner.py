@@ -123,7 +123,7 @@ class FailsOnSecondEpisode(RecentWindow):
 
 
 def test_a_failing_episode_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
-    from cachebench import evaluate
+    from cachebench import eval_run as evaluate
     from cachebench.results import read_results
 
     monkeypatch.setattr(evaluate, "build_method", lambda name, params: FailsOnSecondEpisode(WindowParams(10**6, 10**6)))
