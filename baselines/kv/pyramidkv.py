@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from cachebench.kvcompress.evictor import EvictionMethod
 from cachebench.method import LayerCall
 from cachebench.params import param
 
-from .snapkv import SnapKVParams, snapkv_keep
+from .snapkv import SnapKV, SnapKVParams
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,9 @@ def pyramid_budgets(average: int, window: int, layers: int, beta: float) -> list
     return [window + round(step) for step in steps]
 
 
-class PyramidKV(EvictionMethod):
+class PyramidKV(SnapKV):
+    """SnapKV's score; only the per-layer targets differ."""
+
     name = "pyramidkv"
     summary = "SnapKV scoring with pyramid-shaped per-layer budgets, largest at the bottom (Cai et al., 2024)."
     Params = PyramidKVParams
@@ -44,7 +43,3 @@ class PyramidKV(EvictionMethod):
         layers = call.module.config.num_hidden_layers
         budgets = pyramid_budgets(self.params.kept(reference), self.window, layers, self.params.beta)
         return max(1, min(reference, budgets[call.layer_idx]))
-
-    def select(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None, keep: int) -> torch.Tensor:
-        return snapkv_keep(keys, queries, keep, self.params.kernel, self.params.pooling,
-                           getattr(call.module, "scaling", None))

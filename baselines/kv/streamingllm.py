@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from cachebench.kvcompress.budget import BudgetParams
-from cachebench.kvcompress.evictor import EvictionMethod
+from cachebench.kvcompress.evictor import EvictionMethod, protect
+from cachebench.kvcompress.prune import top_k_sorted
 from cachebench.method import LayerCall
 from cachebench.params import param
 
@@ -21,10 +22,14 @@ class StreamingParams(BudgetParams):
 
 def streaming_keep(length: int, keep: int, sinks: int, batch: int, heads: int, device: torch.device | str = "cpu"
                    ) -> torch.Tensor:
-    """Indices (batch, heads, keep): the first min(sinks, keep) entries and the most recent rest."""
-    sinks = min(sinks, keep)
-    index = torch.cat([torch.arange(sinks), torch.arange(length - (keep - sinks), length)]).to(device)
-    return index.expand(batch, heads, keep)
+    """Indices (batch, heads, keep): the first min(sinks, keep) entries and the most recent rest (what
+    EvictionMethod.select does with StreamingLLM.score)."""
+    return top_k_sorted(protect(recency(length, batch, heads, device), sinks, 0), keep)
+
+
+def recency(length: int, batch: int, heads: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Every entry scored by its position: the newest is kept first."""
+    return torch.arange(length, device=device, dtype=torch.float32).expand(batch, heads, length)
 
 
 class StreamingLLM(EvictionMethod):
@@ -33,5 +38,5 @@ class StreamingLLM(EvictionMethod):
     Params = StreamingParams
     uses_queries = False
 
-    def select(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None, keep: int) -> torch.Tensor:
-        return streaming_keep(keys.shape[2], keep, self.params.sinks, keys.shape[0], keys.shape[1], keys.device)
+    def score(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+        return recency(keys.shape[2], keys.shape[0], keys.shape[1], keys.device)

@@ -36,16 +36,17 @@ def eviction_state(call: LayerCall) -> dict[str, Any]:
 
 
 def protect(scores: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
-    """`scores` with the last `window` entries ranked above everything (newest highest), then the first `sinks`,
-    so top-k keeps them first whatever the scores (NaN scores rank lowest)."""
+    """`scores` (float) with the last `window` entries ranked above everything (newest highest), then the first
+    `sinks` (earliest highest), so top-k keeps them first whatever the scores; NaN scores rank lowest."""
     length = scores.shape[-1]
-    window, sinks = min(window, length), min(sinks, max(0, length - min(window, length)))
-    ranked = torch.nan_to_num(scores, nan=-torch.inf)
+    window = min(window, length)
+    sinks = min(sinks, length - window)
+    ranked = torch.nan_to_num(scores.float(), nan=-torch.inf)
     finite = ranked[torch.isfinite(ranked)]
     above = (finite.max() if finite.numel() else ranked.new_zeros(())) + 1
     ranked = ranked.clone()
     if sinks:
-        ranked[..., :sinks] = above
+        ranked[..., :sinks] = above + torch.arange(sinks, 0, -1, device=ranked.device, dtype=ranked.dtype) / (sinks + 1)
     if window:
         ranked[..., length - window:] = above + 1 + torch.arange(window, device=ranked.device, dtype=ranked.dtype)
     return ranked
@@ -76,15 +77,16 @@ class EvictionMethod(KVMethod):
         """Indices (batch, kv_heads, keep), ascending, of the entries to keep among `keys` (batch, kv_heads, L, d);
         `queries` (batch, q_heads, w, d) are the window tokens at the last w indices of `keys`.
 
-        The default keeps the top `keep` of `score`, with the observation window (`window`) and the first `sinks`
-        entries (where the method declares those parameters) protected: the window first, newest before older,
-        then the sinks, then the best scored."""
-        scores = self.score(call, keys, queries).float()
+        The default keeps the top `keep` of `score`, with the observation window (the tokens whose queries score,
+        `window` when no queries are used) and the first `sinks` entries (where the method declares `sinks`)
+        protected: the window first, newest before older, then the sinks, then the best scored."""
+        scores = self.score(call, keys, queries)
         length = keys.shape[2]
         if tuple(scores.shape) != (keys.shape[0], keys.shape[1], length):
             raise ValueError(f"{self.name}.score returned shape {tuple(scores.shape)}, expected "
                              f"{(keys.shape[0], keys.shape[1], length)}")
-        return top_k_sorted(protect(scores, int(getattr(self.params, "sinks", 0)), self.window), keep)
+        window = queries.shape[2] if queries is not None else self.window
+        return top_k_sorted(protect(scores, int(getattr(self.params, "sinks", 0)), window), keep)
 
     def on_layer(self, call: LayerCall) -> None:
         layer = call.cache.layers[call.layer_idx]
