@@ -89,16 +89,16 @@ def rows_of(folder: Path) -> list[dict]:
 def test_a_plugin_method_and_task_run_and_read_like_built_ins(plugin, tmp_path):
     env = env_with(plugin)
     task = str(plugin / "tasks" / "mytask.yaml")
-    ran = run_cli("eval", "--method", "mypkg.press:KNormPress", "--task", task, "--param", "ratio=0.5", "--out",
-                  str(tmp_path / "a"), "--quiet", env=env)
+    ran = run_cli("eval", "--method", "mypkg.press:KNormPress", "--task", task, "--param", "ratio=0.5", "--limit",
+                  "2", "--out", str(tmp_path / "a"), "--quiet", env=env)
     assert ran.returncode == 0, ran.stderr
     rows = rows_of(tmp_path / "a")
-    assert len(rows) == 6 and {r["method"] for r in rows} == {"knorm"} and {r["task"] for r in rows} == {"mine.passkey"}
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"knorm"} and {r["task"] for r in rows} == {"mine.passkey"}
     assert all(r["error"] is None for r in rows) and json.loads(rows[0]["cell_params"])["ratio"] == 0.5
     per_token = 30 * 2 * 3 * 64 * 2  # SmolLM2-135M in bf16: layers x (K, V) x KV heads x head dim x bytes
     assert all(r["dtype"] == "bfloat16" and r["kv_bytes"] < 0.75 * r["context_tokens"] * per_token for r in rows)
     again = run_cli("eval", "--method", "knorm", "--task", "mine.passkey", "--include-path", str(plugin / "tasks"),
-                    "--param", "ratio=0.5", "--out", str(tmp_path / "b"), "--quiet", env=env)
+                    "--param", "ratio=0.5", "--limit", "2", "--out", str(tmp_path / "b"), "--quiet", env=env)
     assert again.returncode == 0, again.stderr  # the installed entry point and the included task folder
     assert [(r["prediction"], r["score"]) for r in rows_of(tmp_path / "b")] == [(r["prediction"], r["score"])
                                                                                  for r in rows]
@@ -107,7 +107,7 @@ def test_a_plugin_method_and_task_run_and_read_like_built_ins(plugin, tmp_path):
     board = run_cli("leaderboard", str(tmp_path / "a"), "--out", str(tmp_path / "site"), env=env)
     assert board.returncode == 0 and "knorm" in (tmp_path / "site" / "index.html").read_text()
     gate = run_cli("gate", "--baseline", str(tmp_path / "a"), "--candidate", str(tmp_path / "b"), env=env)
-    assert gate.returncode == 0, gate.stdout  # the same run again: unchanged, three episodes judged
+    assert gate.returncode == 0, gate.stdout  # the same run again: unchanged, two episodes judged
     assert "| unchanged | mine.passkey | knorm |" in gate.stdout
 
 
@@ -150,16 +150,16 @@ def test_the_python_api_returns_what_the_cli_writes(plugin, tmp_path, monkeypatc
     monkeypatch.setattr(registry, "_REGISTERED", {})  # what this test registers is forgotten after it
     monkeypatch.syspath_prepend(str(plugin))
     task = str(plugin / "tasks" / "mytask.yaml")
-    ran = run_cli("eval", "--method", "full", "--task", task, "--limit", "2", "--out", str(tmp_path / "cli"), "--quiet")
+    ran = run_cli("eval", "--method", "full", "--task", task, "--limit", "1", "--out", str(tmp_path / "cli"), "--quiet")
     assert ran.returncode == 0, ran.stderr
-    table = cachebench.evaluate(method="full", task=task, limit=2, out=tmp_path / "api")
+    table = cachebench.evaluate(method="full", task=task, limit=1, out=tmp_path / "api")
     frame = table.to_pandas()
     cli = rows_of(tmp_path / "cli")
-    assert len(frame) == len(cli) == 4
+    assert len(frame) == len(cli) == 2
     assert list(frame["prediction"]) == [r["prediction"] for r in cli]
     assert list(frame["score"]) == [r["score"] for r in cli]
     back = cachebench.read_results([tmp_path / "api", tmp_path / "cli"])
-    assert back.num_rows == 8 and set(back["track"].to_pylist()) == {"kv"}
+    assert back.num_rows == 4 and set(back["track"].to_pylist()) == {"kv"}
     from mypkg.press import KNormPress
 
     pressed = cachebench.evaluate(method=KNormPress, task=task, params={"ratio": 0.75}, limit=1, out=tmp_path / "k")
