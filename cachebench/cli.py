@@ -77,7 +77,8 @@ class _RichProgress:
             self._progress.stop()
 
 
-def _check_names(method: str, task: str, params: list[str], include: tuple[str, ...] = ()) -> None:
+def _check_names(method: str, task: str, params: list[str], include: tuple[str, ...] = (), data: str | None = None,
+                 mode: str | None = None) -> None:
     """Refuse an unknown method or task, or a bad --param, from the manifest and the task YAMLs alone: a typo is
     reported in a fraction of a second instead of after torch and transformers have loaded (seconds). The task
     registry is imported only once the method is known: it pulls in pyarrow (a fifth of a second)."""
@@ -88,9 +89,10 @@ def _check_names(method: str, task: str, params: list[str], include: tuple[str, 
         from cachebench.registry import method_class
 
         plugin = method_class(method)
-    from cachebench.taskspec import resolve_tasks
+    from cachebench.taskspec import check_data, check_mode, resolve_tasks
 
-    resolve_tasks(task, include)
+    check_data(data, resolve_tasks(task, include), task)  # --data on the wrong task costs no torch import
+    check_mode(mode)
     if plugin is None:
         check_params(method, params)
     else:
@@ -139,7 +141,7 @@ def eval_command(
 ) -> None:
     """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
     or per request (semantic caches). METHOD may be a plugin's package.module:Class; TASK a task YAML's path."""
-    _check_names(method, task, list(param or ()), tuple(include_path or ()))
+    _check_names(method, task, list(param or ()), tuple(include_path or ()), data, mode)
     if model_args:
         from cachebench.models.loading import parse_model_args
 
