@@ -18,9 +18,6 @@ from __future__ import annotations
 IDENTITY = ("track", "task", "method", "cell_params", "model", "model_weights", "dtype", "mode", "compression",
             "context_length")
 ITEM = ("seed", "episode_id", "turn")
-CLUSTER = ("seed", "episode_id")
-# how the identity reads in a table header, where it differs from the column name
-LABELS = {"cell_params": "params", "model_weights": "weights", "context_length": "context"}
 
 
 def deduplicated(source: str) -> str:
@@ -39,14 +36,9 @@ def deduplicated(source: str) -> str:
 def item_hash() -> str:
     """SQL of a 64-bit hash of a row's cell and item. Equal items hash equal (nulls included); two different items
     may collide, which only sends them through `deduplicated`, where the real columns decide."""
-    return f"hash({', '.join(f'{column}' for column in (*IDENTITY, *ITEM))})"
-
-
-def cluster_label(seed: object, episode_id: object) -> str:
-    """The bootstrap's resampling unit of an item, as SQL builds it too (`cluster_sql`)."""
-    return f"{seed}/{episode_id}"
+    return f"hash({', '.join((*IDENTITY, *ITEM))})"
 
 
 def cluster_sql() -> str:
-    """SQL of cluster_label over a relation with `seed` and `episode_id` columns."""
+    """SQL of an item's bootstrap cluster, `seed/episode_id`, over a relation with those columns."""
     return "coalesce(CAST(seed AS VARCHAR), 'None') || '/' || coalesce(episode_id, 'None')"

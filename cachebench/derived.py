@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 SEMANTIC_METRIC = "semantic_outcome"  # the metric of every semantic-cache row (cachebench.taskspec.SEMANTIC_METRIC)
 EM_METRIC = "longconvqa_f1"  # rows of this metric also get exact match (cachebench.metrics.longconvqa_em)
-TRACKS = ("kv", "semantic", "perf")
 
 
 def identity_params(method: str | None, params_json: str | None) -> str | None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from cachebench.cells import IDENTITY
 from cachebench.errors import UsageError
-from cachebench.resultdb import ITEMS, ROWS, open_results
+from cachebench.resultdb import ITEMS, open_results, partial_runs
 from cachebench.results import PartialRun
 from cachebench.stats import cluster_bootstrap_ci
 
@@ -124,8 +124,7 @@ class _Item:
 class _Side:
     """One side of the comparison, as read from its result files."""
 
-    cells: dict[tuple, dict[tuple, _Item]]  # cell key -> item key -> item
-    tracks: dict[tuple, str]  # cell key -> kv | semantic | perf
+    cells: dict[tuple, dict[tuple, _Item]]  # cell key (its track first) -> item key -> item
     partial: list[PartialRun]  # runs whose rows say they did not finish (run_complete false)
     partial_cells: dict[tuple, set[str]]  # cell key -> ids of the partial runs with rows in it
 
@@ -148,26 +147,22 @@ def _load(paths: Sequence[Path], side: str) -> _Side:
         found = connection.execute(f"""
             SELECT {names}, seed, episode_id, turn, score, error, request_ttft_ms, kv_bytes, run_id, run_complete
             FROM {ITEMS} WHERE NOT (track = 'semantic' AND coalesce(warmup, false))""").fetchall()
-        partial = [PartialRun(run_id, int(count), int(planned)) for run_id, count, planned in connection.execute(
-            f"SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false "
-            "GROUP BY run_id ORDER BY run_id").fetchall()]
+        partial = partial_runs(connection)
     finally:
         connection.close()
     width = len(CELL_KEY)
     cells: dict[tuple, dict[tuple, _Item]] = defaultdict(dict)
-    tracks: dict[tuple, str] = {}
     partial_cells: dict[tuple, set[str]] = defaultdict(set)
     for row in found:
         cell = row[:width]
         seed, episode, turn, score, error, ttft, kv, run_id, complete = row[width:]
-        tracks[cell] = cell[0]
         if complete is False:  # null (files before schema 6): unknown, read as complete
             partial_cells[cell].add(run_id)
         ok = error is None and (score is not None or cell[0] == "perf")
         # the seed is part of the item: generated tasks (and semantic request ids) reuse ids across seeds
         cells[cell][(seed, episode, turn)] = _Item(
             (math.nan if score is None else float(score)) if ok else None, _float(ttft), _float(kv))
-    return _Side(dict(cells), tracks, partial, dict(partial_cells))
+    return _Side(dict(cells), partial, dict(partial_cells))
 
 
 def _float(value: float | None) -> float:
@@ -177,11 +172,8 @@ def _float(value: float | None) -> float:
 # --- statistics --------------------------------------------------------------------------------------------------
 
 
-def paired_bootstrap(differences: Sequence[float], clusters: Sequence[Any], resamples: int = 2000,
-                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the paired differences and its percentile interval, resampling whole clusters with replacement
-    (cachebench.stats, the interval every reader uses); NaN bounds with fewer than two clusters (undecided)."""
-    return cluster_bootstrap_ci(differences, clusters, resamples, confidence, seed)
+# the paired difference's interval is the one every reader uses: whole clusters resampled, NaN bounds under two
+paired_bootstrap = cluster_bootstrap_ci
 
 
 def _ratio(candidate: list[float], baseline: list[float]) -> float:
@@ -341,7 +333,7 @@ def run_gate(baseline: Sequence[Path], candidate: Sequence[Path], options: GateO
     if not common:
         raise UsageError(f"baseline ({len(base.cells)} cells) and candidate ({len(cand.cells)} cells) share no cell "
                          f"({', '.join(CELL_KEY)})")
-    cells = [_judge(key, base.cells[key], cand.cells[key], base.tracks[key], options, base.partial_in(key),
+    cells = [_judge(key, base.cells[key], cand.cells[key], key[0], options, base.partial_in(key),
                     cand.partial_in(key)) for key in common]
     if all(cell.matched + cell.baseline_errors + cell.candidate_errors == 0 for cell in cells):
         raise UsageError("the common cells share no item (seed, episode_id, turn); were both runs made with the "

@@ -31,11 +31,6 @@ def method_names() -> list[str]:
     return sorted({*_ALL, *_REGISTERED, *_installed()})
 
 
-def is_plugin(name: str) -> bool:
-    """Whether `name` is not a built-in: an import path, a registered class or an installed plugin's name."""
-    return name not in _ALL
-
-
 def method_track(name: str) -> str:
     """"kv" or "semantic"; a built-in's without importing it."""
     if name in _ALL:

@@ -20,7 +20,16 @@ import pyarrow.parquet as pq
 from cachebench.cells import deduplicated, item_hash
 from cachebench.derived import derive
 from cachebench.errors import UsageError
-from cachebench.results import METADATA_KEY, SCHEMA, SCHEMA_VERSION, UPGRADABLE, _files, check_columns, read_results
+from cachebench.results import (
+    METADATA_KEY,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UPGRADABLE,
+    PartialRun,
+    _files,
+    check_columns,
+    read_results,
+)
 
 ROWS = "results"
 ITEMS = "items"
@@ -98,6 +107,15 @@ def per_cell(name: str, key: tuple[str, ...], aggregates: str, where: str = "TRU
     keys = ", ".join(key)
     return (f"SELECT k.cell, g.* EXCLUDE ({keys}) FROM (SELECT {keys}{by}, {aggregates} FROM {name} WHERE {where} "
             f"GROUP BY ALL) g JOIN {cells or name + '_keys'} k USING ({keys}) {order}")
+
+
+def partial_runs(connection: duckdb.DuckDBPyConnection) -> list[PartialRun]:
+    """The runs of `results` that did not finish, with the rows they left and planned (what
+    cachebench.results.partial_runs gives for a table)."""
+    found = connection.execute(f"""
+        SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false
+        GROUP BY run_id ORDER BY run_id""").fetchall()
+    return [PartialRun(run_id, int(rows), int(planned)) for run_id, rows, planned in found]
 
 
 def open_table(table: pa.Table) -> duckdb.DuckDBPyConnection:

@@ -16,7 +16,6 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +26,14 @@ from rich.table import Table
 
 from cachebench.leaderboard.cells import KVCell, Leaderboard
 from cachebench.results import describe_partial
-from cachebench.semantic.report import ALL, semantic_sections, short_params
+from cachebench.semantic.report import ALL, MISSING, Section, semantic_sections, short_params
 
 FORMATS = ("table", "markdown", "csv", "json")
-MISSING = "–"
 LEGEND = ("TTFT (question): time to the first token of the question alone, the context already in the cache. "
           "TTFT (request, with context): what the whole request waited, the context's prefill included where the "
           "request paid for it (every multi-request turn, the first multi-turn turn) — the figure vLLM and SGLang "
           "report as TTFT. ×full: that request TTFT (KV: the cache's bytes) over the `full` cell's on the same "
           "items. 95% CI: bootstrap over episodes; – where fewer than two episodes.")
-
-
-@dataclass
-class Section:
-    """One table as every format prints it: plain strings, the first `left` columns left-aligned."""
-
-    title: str
-    headers: tuple[str, ...]
-    rows: list[tuple[str, ...]] = field(default_factory=list)
-    left: int = 1
 
 
 def summarize(paths: Iterable[str | Path]) -> list[KVCell]:
@@ -90,8 +78,7 @@ def sections(board: Leaderboard) -> list[Section]:
         out.append(_kv_section(task, cells))
         if any(cell.categories for cell in cells):
             out.append(_category_section(task, cells))
-    out.extend(Section(title, headers, rows, left) for title, headers, rows, left in
-               semantic_sections([entry.cell for entry in board.semantic]))
+    out.extend(semantic_sections([entry.cell for entry in board.semantic]))
     return out
 
 

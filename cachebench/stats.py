@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -83,25 +84,13 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval of a proportion; NaN with fewer than two trials."""
     if n < MIN_CLUSTERS:
         return math.nan, math.nan
-    z = _normal_quantile(1.0 - (1.0 - confidence) / 2.0)
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact bounds where rounding would miss them
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
-
-
-def _normal_quantile(q: float) -> float:
-    """The standard normal quantile, by bisection on erf (no scipy needed for one number)."""
-    low, high = -10.0, 10.0
-    for _ in range(100):
-        middle = (low + high) / 2
-        if 0.5 * (1 + math.erf(middle / math.sqrt(2))) < q:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
 
 
 def f1_intervals(counts: np.ndarray, confidence: float = 0.95, seed: int = 0, resamples: int = RESAMPLES

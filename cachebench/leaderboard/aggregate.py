@@ -10,8 +10,7 @@ import duckdb
 from cachebench.leaderboard.cells import Leaderboard
 from cachebench.leaderboard.kv import kv_cells
 from cachebench.leaderboard.semantic import semantic_cells
-from cachebench.resultdb import ROWS, open_results, scan_failure
-from cachebench.results import PartialRun
+from cachebench.resultdb import open_results, partial_runs, scan_failure
 
 # errors of the queries themselves, never of the files: they stay tracebacks
 _OUR_BUGS = (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException, duckdb.InternalException)
@@ -24,7 +23,7 @@ def aggregate(paths: Iterable[str | Path], penalty_ms: float | None = None) -> L
     try:
         semantic, curves = semantic_cells(connection, files, penalty_ms)
         return Leaderboard(rows=rows, sources=files, kv=kv_cells(connection, files), semantic=semantic, curves=curves,
-                           partial=_partial_runs(connection))
+                           partial=partial_runs(connection))
     except _OUR_BUGS:
         raise
     except duckdb.Error as exc:  # a file damaged past the footer that open_results checked
@@ -32,10 +31,3 @@ def aggregate(paths: Iterable[str | Path], penalty_ms: float | None = None) -> L
     finally:
         connection.close()
 
-
-def _partial_runs(connection: duckdb.DuckDBPyConnection) -> list[PartialRun]:
-    """The runs that did not finish, with the rows they left and planned (as results.partial_runs counts them)."""
-    found = connection.execute(f"""
-        SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false
-        GROUP BY run_id ORDER BY run_id""").fetchall()
-    return [PartialRun(run_id, int(rows), int(planned)) for run_id, rows, planned in found]

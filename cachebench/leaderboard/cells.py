@@ -62,7 +62,6 @@ class KVCell:
     kv_ratio: float  # mean kv_bytes over the `full` cell's, on matched (episode_id, turn) items only
     ttft_ratio: float  # the same for request TTFT
     matched: int  # items matched with the `full` cell (0: no baseline, ratios NaN)
-    random_weights: bool  # time and memory only: the score means nothing
     reused: bool  # a reuse method: some request loaded KV from a store
     provenance: Provenance
     pareto: bool = False  # on the quality-versus-KV-memory front of its group
@@ -73,6 +72,11 @@ class KVCell:
     question_ttft_ms: float = float("nan")  # the question's own TTFT, context prefill excluded
     decode_ms: float = float("nan")  # mean decode ms per token
     categories: list[KVCategory] = field(default_factory=list)
+
+    @property
+    def random_weights(self) -> bool:
+        """Time and memory only: the score of random weights means nothing."""
+        return self.model_weights == "random"
 
     @property
     def group(self) -> tuple[str, str, str, str]:

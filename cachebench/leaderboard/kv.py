@@ -40,7 +40,7 @@ _SELECT = f"""
 _SUMMARY = per_cell(_VIEW, KEY, """count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok),
     avg(kv_bytes) FILTER (WHERE ok), avg(request_ttft) FILTER (WHERE ok), avg(ttft_ms) FILTER (WHERE ok),
     avg(decode_ms) FILTER (WHERE ok), bool_or(coalesce(reused_tokens, 0) > 0)""")
-# one entry per cluster (cachebench.cells.CLUSTER), sorted as np.unique sorts those labels
+# one entry per cluster (cachebench.cells.cluster_sql), sorted as np.unique sorts those labels
 _CLUSTERS = per_cell(_VIEW, KEY, "sum(score) AS total, count(*) AS size", where="scored",
                      by=f", {cluster_sql()} AS cluster", order="ORDER BY k.cell, g.cluster")
 _GROUP = ("track", "task", "model", "model_weights", "dtype", "mode", "compression", "context_length")
@@ -89,7 +89,7 @@ def kv_cells(connection: duckdb.DuckDBPyConnection, files: list[Path]) -> list[K
             **fields, context_length=int(context) if context else None, score=float(mean[i]), low=float(low[i]),
             high=float(high[i]), n=int(summary[i][0]), errors=int(summary[i][1]), kv_bytes=_float(summary[i][2]),
             request_ttft_ms=_float(summary[i][3]), question_ttft_ms=_float(summary[i][4]),
-            decode_ms=_float(summary[i][5]), random_weights=fields["model_weights"] == "random",
+            decode_ms=_float(summary[i][5]),
             reused=bool(summary[i][6]), matched=int(ratios[i][0]), kv_ratio=_float(ratios[i][1]),
             ttft_ratio=_float(ratios[i][2]), provenance=origin, categories=categories.get(i, [])))
     _mark_pareto(cells)

@@ -87,7 +87,14 @@ def _break_even(cost: Cost | None) -> str:
     return "never" if np.isinf(cost.break_even) else f"{100 * cost.break_even:.1f}%"
 
 
-Section = tuple[str, tuple[str, ...], list[tuple[str, ...]], int]  # title, headers, rows, left-aligned columns
+@dataclass
+class Section:
+    """One table as every `show` format prints it: plain strings, the first `left` columns left-aligned."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    left: int = 1
 
 
 def semantic_sections(cells: list[SemanticCell]) -> list[Section]:
@@ -106,7 +113,9 @@ def semantic_sections(cells: list[SemanticCell]) -> list[Section]:
         else:
             found = _stream(task, task_cells, named)
         found += _tradeoff(task, task_cells)
-        out += [(title + suffix, headers, rows, left) for title, headers, rows, left in found]
+        for section in found:
+            section.title += suffix
+        out += found
     return out
 
 
@@ -123,23 +132,23 @@ def _lead(cell: SemanticCell, named: bool) -> tuple[str, ...]:
 
 def _stream(title: str, cells: list[SemanticCell], named: bool) -> list[Section]:
     lead = ("method", "params", "model") if named else ("method", "params")
-    quality: Section = (f"{title} (stream): quality, warm-up excluded", (*lead, "category", "n", "hit %",
+    quality = Section(f"{title} (stream): quality, warm-up excluded", (*lead, "category", "n", "hit %",
                         "hit 95% CI", "err %", "err 95% CI", "prec", "recall", "F1", "F1 95% CI", "F0.5", "stale %",
                         "errors"), [], len(lead) + 1)
-    cost: Section = (f"{title} (stream): cost (L = embedding + lookup; C = LLM; h* = break-even hit rate)",
+    cost = Section(f"{title} (stream): cost (L = embedding + lookup; C = LLM; h* = break-even hit rate)",
                      (*lead, "category", "lookup p50 ms", "p95 ms", "fetch p50 ms", "bytes/entry", "L ms", "C ms",
                       "h*", "saving % of C"), [], len(lead) + 1)
     for cell in cells:
         for score in cell.categories:
             r, c = score.rates, score.cost
             overall = score.category == ALL or len(cell.categories) == 1
-            quality[2].append((
+            quality.rows.append((
                 *_lead(cell, named), score.category, str(r.n), _pct(r.hit_rate), _interval(score.intervals, "hit_rate"),
                 _pct(r.error_rate), _interval(score.intervals, "error_rate"), _num(r.precision), _num(r.recall),
                 _num(r.f1), _interval(score.intervals, "f1", scale=1.0), _num(r.f05), _pct(r.stale_rate),
                 str(cell.errors) if overall else "",
             ))  # fmt: skip
-            cost[2].append((
+            cost.rows.append((
                 *_lead(cell, named), score.category, _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
                 _num(c.fetch_ms, 3) if c else MISSING, _num(cell.bytes_per_entry, 0) if overall else "",
                 _num(c.overhead_ms) if c else MISSING, _num(c.llm_ms, 0) if c else MISSING, _break_even(c),
@@ -160,7 +169,7 @@ def _pairs(title: str, cells: list[SemanticCell], named: bool) -> Section:
                 *_lead(cell, named), score.category, str(r.n), str(r.tp), str(r.fp), str(r.fn + r.tn), str(r.fn),
                 str(r.tn), _num(r.precision), _num(r.recall), _num(r.f1), _num(score.lookup_p50, 3), str(cell.errors),
             ))  # fmt: skip
-    return (f"{title} (pairs: insert first, query second)", headers, rows, len(lead) + 1)
+    return Section(f"{title} (pairs: insert first, query second)", headers, rows, len(lead) + 1)
 
 
 def tradeoff(cells: list[SemanticCell]) -> dict[str, tuple[list[tuple[float, float]], float]]:
@@ -183,5 +192,5 @@ def _tradeoff(title: str, cells: list[SemanticCell]) -> list[Section]:
     largest = max(e for found, _ in curves.values() for e, _ in found)
     rows = [(method, str(len(found)), _num(area, 3), "  ".join(f"({100 * e:.1f}, {100 * h:.1f})" for e, h in found))
             for method, (found, area) in sorted(curves.items())]
-    return [(f"{title}: hit rate vs error rate over each method's settings (area up to {100 * largest:.1f}% error)",
-             ("method", "settings", "area", "points (err %, hit %)"), rows, 4)]
+    return [Section(f"{title}: hit rate vs error rate over each method's settings (area up to {100 * largest:.1f}% "
+                    "error)", ("method", "settings", "area", "points (err %, hit %)"), rows, 4)]
