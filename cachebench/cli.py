@@ -301,9 +301,9 @@ def list_methods(
         spec = method_spec(name) if name in METHODS else _plugin_spec(name)
         print("\n".join(_describe_method(spec, width)))
         return
-    from cachebench.registry import ENTRY_POINT_GROUP, _installed
+    from cachebench.registry import ENTRY_POINT_GROUP, installed_methods
 
-    installed = _installed()
+    installed = installed_methods()
     specs = [*sorted(METHODS.values(), key=lambda s: s.name),
              *(_plugin_spec(plugin) for plugin in sorted(set(installed) - set(METHODS)))]
     column = max(len(spec.name) for spec in specs) + 2

@@ -28,7 +28,7 @@ _REGISTERED: dict[str, type[Any]] = {}  # plugin classes by their name, once loa
 
 def method_names() -> list[str]:
     """Built-in, registered and installed (entry-point) method names."""
-    return sorted({*_ALL, *_REGISTERED, *_installed()})
+    return sorted({*_ALL, *_REGISTERED, *installed_methods()})
 
 
 def method_track(name: str) -> str:
@@ -50,7 +50,7 @@ def method_class(name: str) -> type[Any]:
         return _REGISTERED[name]
     if ":" in name:
         return register_method(_import(name, name))
-    installed = _installed()
+    installed = installed_methods()
     if name in installed:
         cls = _import(installed[name], f"entry point {name!r}")
         if cls.name != name:
@@ -99,7 +99,7 @@ def infrastructure_params(name: str) -> frozenset[str]:
     return frozenset()
 
 
-def _installed() -> dict[str, str]:
+def installed_methods() -> dict[str, str]:
     """Installed plugins: entry-point name -> "module:Class"."""
     return {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
 

@@ -110,8 +110,8 @@ def per_cell(name: str, key: tuple[str, ...], aggregates: str, where: str = "TRU
 
 
 def partial_runs(connection: duckdb.DuckDBPyConnection) -> list[PartialRun]:
-    """The runs of `results` that did not finish, with the rows they left and planned (what
-    cachebench.results.partial_runs gives for a table)."""
+    """The runs of `results` that did not finish (`run_complete` false), with the rows they left and planned.
+    Every reader (show, leaderboard, gate) marks these, so a killed run is never read as a complete result."""
     found = connection.execute(f"""
         SELECT run_id, count(*), coalesce(max(run_planned), 0) FROM {ROWS} WHERE run_complete = false
         GROUP BY run_id ORDER BY run_id""").fetchall()

@@ -263,22 +263,6 @@ class PartialRun:
     planned: int
 
 
-def partial_runs(table: pa.Table) -> list[PartialRun]:
-    """The runs among the rows that did not finish (`run_complete` false), with rows present and planned.
-
-    Every reader (show, leaderboard, gate) marks these, so a killed run is never read as a complete result."""
-    flags = table["run_complete"]
-    partial = table.filter(pc.fill_null(pc.invert(flags), False))
-    if partial.num_rows == 0:
-        return []
-    counts: dict[str, list[int]] = {}
-    for run_id, planned in zip(partial["run_id"].to_pylist(), partial["run_planned"].to_pylist(), strict=True):
-        entry = counts.setdefault(run_id, [0, 0])
-        entry[0] += 1
-        entry[1] = max(entry[1], planned or 0)
-    return [PartialRun(run_id, rows, planned) for run_id, (rows, planned) in sorted(counts.items())]
-
-
 def describe_partial(run: PartialRun) -> str:
     return (f"partial run {run.run_id}: {run.rows} of {run.planned} planned rows (killed, interrupted or crashed "
             "before the end)")

@@ -40,7 +40,7 @@ class SemanticCell:
     categories: list[CategoryScore] = field(default_factory=list)
     bytes_per_entry: float = float("nan")
     errors: int = 0
-    partial: bool = False  # some rows come from a run that did not finish (results.partial_runs)
+    partial: bool = False  # some rows come from a run that did not finish (resultdb.partial_runs)
 
     @property
     def label(self) -> str:
