@@ -301,15 +301,16 @@ def list_methods(
         spec = method_spec(name) if name in METHODS else _plugin_spec(name)
         print("\n".join(_describe_method(spec, width)))
         return
-    from cachebench.registry import ENTRY_POINT_GROUP, installed_methods
+    from cachebench.registry import ENTRY_POINT_GROUP, installed_methods, method_names
 
     installed = installed_methods()
     specs = [*sorted(METHODS.values(), key=lambda s: s.name),
-             *(_plugin_spec(plugin) for plugin in sorted(set(installed) - set(METHODS)))]
+             *(_plugin_spec(other) for other in sorted(set(method_names()) - set(METHODS)))]
     column = max(len(spec.name) for spec in specs) + 2
     print(_fit(f"{'method':<{column}}{'track':<10}summary", width))
     for spec in specs:
-        origin = "" if spec.name in METHODS else f" [plugin: {installed.get(spec.name, spec.name)}]"
+        origin = ("" if spec.name in METHODS else f" [plugin: {installed[spec.name]}]" if spec.name in installed
+                  else " [built-in, not in the method manifest]")
         print(_fit(f"{spec.name:<{column}}{spec.track:<10}{spec.summary}{origin}", width))
     print(_fit(f"parameters of one: cachebench list methods NAME; plugins: --method package.module:Class or the "
                f"{ENTRY_POINT_GROUP} entry-point group", width))

@@ -1,22 +1,34 @@
-"""What every registered method is and which parameters it takes, written out as plain data.
+"""What every built-in method is and which parameters it takes, read as plain data without importing it.
 
-The method classes live beside torch (their modules import it), so asking them costs seconds. This manifest lets
-the command line check a method name and its `--param name=value` settings, list the methods, and tell which
-parameters are infrastructure, with nothing heavier than the standard library. tests/test_fast_feedback.py
-compares it field by field with the real classes, so a parameter added to a class without its line here fails
-the suite.
+A built-in method is declared once: its class in baselines/kv or baselines/semantic (`name`, `summary`, `track`,
+`Params`). Those modules import torch, so asking the classes costs seconds; `python -m cachebench.method_manifest
+--write` imports them all once and writes what the command line needs to know about each (name, track, summary,
+the class's `module:Class` path, every typed parameter) to method_manifest.json beside this file. Reading that
+file lets the command line check a method name and its `--param name=value` settings, list the methods, and tell
+which parameters are infrastructure, with nothing but the standard library. tests/test_fast_feedback.py fails when
+the committed file differs from what the classes give now; cachebench.registry still finds (slowly, by importing
+it) a baselines module the file does not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import operator
+import sys
+import types
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from cachebench.errors import unknown_name
-from cachebench.kvcompress.budget import DEFAULT_RATIO
-from cachebench.params import MAX_TOKENS, param, parse_params
+from cachebench.params import param, parse_params
+
+REGENERATE = "python -m cachebench.method_manifest --write"
+MANIFEST = Path(__file__).with_name("method_manifest.json")
+PACKAGES = ("cachebench.baselines.kv", "cachebench.baselines.semantic")  # every module in them is a built-in's
 
 
 @dataclass(frozen=True)
@@ -35,229 +47,83 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One registered method: `exclusive` names pairs of parameters that may not both be set."""
+    """One registered method: `exclusive` names pairs of parameters that may not both be set; `path` is the class
+    as `package.module:Class` (empty for a plugin described from its class)."""
 
     name: str
     track: Literal["kv", "semantic"]
     summary: str
     params: tuple[ParamSpec, ...] = ()
     exclusive: tuple[tuple[str, str], ...] = ()
+    path: str = ""
 
 
-def _replace(params: tuple[ParamSpec, ...], **changed: ParamSpec) -> tuple[ParamSpec, ...]:
-    """`params` with some entries swapped in place, as a subclass overriding an inherited field keeps its slot."""
-    return tuple(changed.get(p.name, p) for p in params)
+# ---------------------------------------------------------------------------------------------------------------
+# Types as text: the annotations parse_params understands (bool, int, float, str, Literal[...], X | None)
+
+_TYPES: dict[str, Any] = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
 
 
-# cachebench.kvcompress.budget.BudgetParams: the eviction methods' shared size setting
-BUDGET = (
-    ParamSpec("ratio", float | None, None, f"fraction of the cache removed ({DEFAULT_RATIO} unless budget is set)",
-              low=0.0, high=0.99),
-    ParamSpec("budget", int | None, None, "absolute number of tokens kept per layer and head, instead of a ratio",
-              low=1, high=MAX_TOKENS),
-)
-BUDGET_EXCLUSIVE = (("ratio", "budget"),)
+def type_text(tp: Any) -> str:
+    """`tp` as the manifest writes it: `int`, `float | None`, `Literal["avg", "max"]` (arguments as JSON)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "Literal" + json.dumps(list(typing.get_args(tp)), ensure_ascii=False)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(arg) for arg in typing.get_args(tp))
+    for text, known in _TYPES.items():
+        if tp is known:
+            return text
+    raise ValueError(f"unsupported parameter type {tp!r} (parse_params takes bool, int, float, str, Literal, X | None)")
 
-# baselines/kv/snapkv.py SnapKVParams, which PyramidKV extends
-SNAPKV = (
-    *BUDGET,
-    ParamSpec("window", int, 32, "observation window: the last tokens whose attention scores the rest (always kept)",
-              low=1),
-    ParamSpec("kernel", int, 7, "pooling kernel along the sequence (odd)", low=1),
-    ParamSpec("pooling", str, "avg", "pooling of the window's attention", choices=("avg", "max")),
-)
 
-# cachebench.reuse: the tiered KV store of the reuse methods
-STORE = (
-    ParamSpec("device_mb", int, 2048, "device-memory tier capacity in MiB (0 disables it)", low=0,
-              infrastructure=True),
-    ParamSpec("cpu_mb", int, 8192, "CPU-memory tier capacity in MiB (0 disables it)", low=0,
-              infrastructure=True),
-    ParamSpec("disk_mb", int, 0, "local-disk tier capacity in MiB (0: off; blocks then do not outlive the run)",
-              low=0, infrastructure=True),
-    ParamSpec("disk_dir", str, "", "disk tier folder (default: <cache dir>/kvstore)", infrastructure=True),
-)
+def parse_type(text: str) -> Any:
+    """The Python type `type_text` wrote as `text`."""
+    parts: list[Any] = []
+    rest = text
+    while True:
+        if rest.startswith("Literal["):
+            args, end = json.JSONDecoder().raw_decode(rest, len("Literal"))
+            parts.append(Literal[tuple(args)])
+        else:
+            end = rest.find(" | ") if " | " in rest else len(rest)
+            if rest[:end] not in _TYPES:
+                raise ValueError(f"cannot read parameter type {text!r}")
+            parts.append(_TYPES[rest[:end]])
+        rest = rest[end:]
+        if not rest:
+            return functools.reduce(operator.or_, parts)
+        if not rest.startswith(" | "):
+            raise ValueError(f"cannot read parameter type {text!r}")
+        rest = rest[3:]
 
-# ChunkParams: reuse of non-prefix chunks (naive concatenation, KVLink, CacheBlend)
-CHUNK = (
-    *STORE,
-    ParamSpec("chunking", str, "task", "chunk separator policy: the task's documents (the joiners between them are "
-              "computed as new text; flat contexts are cut into fixed blocks), or always fixed blocks",
-              choices=("task", "fixed")),
-    ParamSpec("chunk_tokens", int, 256, "block size when a context is cut into fixed chunks", low=16),
-    ParamSpec("precompute", bool, True, "encode an episode's missing chunks before its timed prefill, as the papers "
-              "assume documents were encoded offline; false: misses are encoded inside the prefill"),
-)
 
-# cachebench.semantic SemanticParams: index, store and scope of every response cache
-SEMANTIC = (
-    ParamSpec("index", Literal["hnsw", "faiss", "exact"], "hnsw",
-              "vector index: hnswlib HNSW, faiss HNSW, or exact brute force (the reference)"),
-    ParamSpec("store", Literal["sqlite", "memory", "redis", "chroma"], "sqlite",
-              "document store beside the in-memory index (sqlite, memory, redis server), or chroma: a remote "
-              "vector-DB server holding vectors and documents", infrastructure=True),
-    ParamSpec("scope", Literal["global", "user"], "global", "user: one partition per user; no user sees another's"),
-    ParamSpec("candidates", int, 4, "nearest neighbours fetched per lookup (expired ones are skipped)", low=1),
-    ParamSpec("hnsw_m", int, 16, "HNSW graph degree M", low=2),
-    ParamSpec("hnsw_ef_construction", int, 200, "HNSW build-time candidate list", low=8),
-    ParamSpec("hnsw_ef", int, 64, "HNSW search-time candidate list", low=1),
-    ParamSpec("sqlite_path", str, "", "SQLite file for store=sqlite (default: a temporary file removed at the end)",
-              infrastructure=True),
-    ParamSpec("redis_url", str, "redis://127.0.0.1:6379/0", "Redis server for store=redis", infrastructure=True),
-    ParamSpec("chroma_url", str, "http://127.0.0.1:8000", "Chroma server for store=chroma", infrastructure=True),
-)
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
 
-_METHODS = (
-    # KV-cache methods: eviction and selection
-    MethodSpec("full", "kv", "Uncompressed reference: every key and value is kept (quality and cost baseline)."),
-    MethodSpec("streamingllm", "kv", "Attention sinks (first tokens) plus a recent window; no scoring (Xiao et al., "
-               "2023).", (*BUDGET, ParamSpec("sinks", int, 4, "first tokens always kept (attention sinks)", low=0)),
-               BUDGET_EXCLUSIVE),
-    MethodSpec("h2o", "kv", "Heavy hitters by accumulated attention plus recent tokens, evicting while decoding too "
-               "(Zhang et al., 2023).",
-               (*BUDGET, ParamSpec("recent", float, 0.5, "fraction of the budget given to the most recent tokens "
-                                   "(the rest: heavy hitters)", low=0.0, high=1.0)), BUDGET_EXCLUSIVE),
-    MethodSpec("snapkv", "kv", "Observation-window attention, pooled, top-k per KV head; the window is kept (Li et "
-               "al., 2024).", SNAPKV, BUDGET_EXCLUSIVE),
-    MethodSpec("pyramidkv", "kv", "SnapKV scoring with pyramid-shaped per-layer budgets, largest at the bottom (Cai "
-               "et al., 2024).",
-               (*SNAPKV, ParamSpec("beta", float, 20.0, "steepness: the last layer keeps 1/beta of the average "
-                                   "selected budget", low=1.0)), BUDGET_EXCLUSIVE),
-    MethodSpec("cake", "kv", "Per-layer budgets from attention entropy and variance, sliced in a cascade during "
-               "prefill; mean + variance eviction indicator (Qin et al., 2025).", (
-                   *BUDGET,
-                   SNAPKV[2],
-                   ParamSpec("tau1", float, 1.0, "temperature of the spatial dispersion (entropy) in the layer "
-                             "preference", low=0.001),
-                   ParamSpec("tau2", float, 1.0, "temperature of the temporal shift (variance) in the layer "
-                             "preference", low=0.001),
-                   ParamSpec("gamma", float, 200.0, "weight of the attention variance in the eviction indicator",
-                             low=0.0),
-                   ParamSpec("kernel", int, 5, "average-pooling kernel of the eviction indicator along the sequence "
-                             "(odd)", low=1),
-               ), BUDGET_EXCLUSIVE),
-    MethodSpec("windowkv", "kv", "Task-adaptive selection of whole token windows, indices shared within layer groups "
-               "(Zuo et al., 2025).", (
-                   *BUDGET,
-                   ParamSpec("task_type", str, "auto", "localization: max scoring, window 32; aggregation: average, "
-                             "window 16; auto: aggregation if the prompt asks for a summary",
-                             choices=("auto", "localization", "aggregation")),
-                   ParamSpec("review_window", int, 8, "consecutive tokens per review window (the unit that is kept "
-                             "or dropped)", low=1),
-                   ParamSpec("window", int | None, None, "observation window, always kept (default: 32 "
-                             "localization, 16 aggregation)", low=1),
-                   ParamSpec("group_size", int, 8, "consecutive layers sharing the first layer's selected indices",
-                             low=1),
-                   ParamSpec("beta", float, 14.0, "budget steepness across groups: the last group keeps "
-                             "group_size/beta of the average selected budget (0: uniform)", low=0.0),
-               ), BUDGET_EXCLUSIVE),
-    MethodSpec("tokenselect", "kv", "Per-step token selection by per-head soft vote of Q.K, with a Selection Cache; "
-               "the full cache is kept, attention uses the selected tokens (Wu et al., 2024).", (
-                   *BUDGET,
-                   ParamSpec("initial", int, 8, "first cache entries every decode step attends to (attention "
-                             "sinks)", low=0),
-                   ParamSpec("local", int, 32, "most recent entries every decode step attends to, the current token "
-                             "included", low=1),
-                   ParamSpec("similarity", float, 0.9, "Selection Cache: reuse the last selection while the query's "
-                             "cosine similarity to the query that made it is at least this", low=-1.0, high=1.0),
-                   ParamSpec("reuse", bool, True, "enable the Selection Cache"),
-               ), BUDGET_EXCLUSIVE),
-    MethodSpec("razorattention", "kv", "Retrieval heads (echo/induction probe) keep all; others sinks + window + "
-               "compensation token (Tang 2024).", (
-                   *BUDGET,
-                   ParamSpec("sinks", int, 4, "first tokens every non-retrieval head keeps (attention sinks)",
-                             low=0),
-                   ParamSpec("induction", float, 0.14, "fraction of query heads with the highest induction score "
-                             "kept whole", low=0.0, high=1.0),
-                   ParamSpec("echo", float, 0.01, "fraction of query heads with the highest echo score kept whole",
-                             low=0.0, high=1.0),
-                   ParamSpec("probe_tokens", int, 128, "length of the random token sequence of the probe", low=2),
-                   ParamSpec("probe_repeats", int, 4, "times the random sequence is repeated in the probe", low=2),
-                   ParamSpec("seed", int, 0, "seed of the probe's random tokens"),
-                   ParamSpec("min_window", int, 8, "smallest recent window of a non-retrieval head, whatever the "
-                             "budget", low=0),
-                   ParamSpec("spread", str, "model", "budget averaged over the whole model (one window for every "
-                             "non-retrieval head, as in the paper) or per layer", choices=("model", "layer")),
-               ), BUDGET_EXCLUSIVE),
-    MethodSpec("epicache", "kv", "Episodic caches: block-wise prefill under a budget, one cache per conversation "
-               "episode, questions routed to the nearest (Kim et al., 2025).", (
-                   *BUDGET,
-                   ParamSpec("block", int, 512, "block-wise prefill: tokens fed between two evictions", low=1),
-                   ParamSpec("episodes", int, 4, "episodes (k-means clusters of the history), one compressed cache "
-                             "each", low=1),
-                   ParamSpec("segment_lines", int, 4, "utterances (non-empty lines) per embedded segment", low=1),
-                   ParamSpec("medoids", int, 2, "segments nearest an episode's centroid that form its patched "
-                             "prompt", low=1),
-                   ParamSpec("patch_tokens", int, 256, "longest patched prompt, in tokens (its start is kept)",
-                             low=1),
-                   ParamSpec("recent", int, 16, "latest context tokens always kept", low=0),
-                   ParamSpec("kernel", int, 7, "pooling kernel along the sequence for the patch's attention (odd)",
-                             low=1),
-                   ParamSpec("allocation", str, "sensitivity", "layer budgets: by measured sensitivity to eviction, "
-                             "or uniform", choices=("sensitivity", "uniform")),
-                   ParamSpec("alpha", float, 1.0, "sharpness of the sensitivity allocation (0: uniform above the "
-                             "floor)", low=0.0, high=10.0),
-                   ParamSpec("floor", float, 0.25, "least budget a layer gets, as a fraction of the uniform target",
-                             low=0.0, high=1.0),
-                   ParamSpec("calibration_tokens", int, 2048, "context tokens the sensitivity calibration runs on",
-                             low=2),
-                   ParamSpec("embedder", str, "embedded", "sentence-transformers model for segments and questions "
-                             "(embedded: MiniLM)"),
-                   ParamSpec("seed", int, 0, "k-means seed"),
-               ), BUDGET_EXCLUSIVE),
-    # KV-cache methods: reuse across requests
-    MethodSpec("prefix", "kv", "reuse the longest stored prefix of hash-chained KV blocks from a device/CPU/disk "
-               "store", (*STORE, ParamSpec("block_tokens", int, 64, "tokens per hashed block (vLLM uses 16, LMCache "
-                                           "256)", low=1))),
-    MethodSpec("naive-concat", "kv", "reuse stored chunk KV at re-encoded positions, no recompute (CacheBlend's "
-               "full-reuse baseline)", CHUNK),
-    MethodSpec("kvlink", "kv", "documents' KV encoded alone, concatenated with RoPE re-applied (training-free KVLink, "
-               "no link tokens)", CHUNK),
-    MethodSpec("cacheblend", "kv", "reuse stored chunk KV, recompute the most-deviating tokens from a check layer on "
-               "(CacheBlend)", (
-                   *CHUNK,
-                   ParamSpec("recompute_ratio", float, 0.15, "share of reused tokens recomputed through the layers "
-                             "after the check layer", low=0.0, high=1.0),
-                   ParamSpec("check_layer", int, 1, "layer at which KV deviation selects the tokens to recompute "
-                             "(layers up to it are computed for every token)", low=0),
-               )),
-    # semantic response caches
-    MethodSpec("exact", "semantic", "serve only the same normalised text (a hash lookup)", SEMANTIC),
-    MethodSpec("threshold", "semantic", "GPTCache-style: serve the nearest entry when cosine similarity >= one fixed "
-               "threshold", (*SEMANTIC, ParamSpec("threshold", float, 0.8, "cosine similarity at or above which the "
-                                                  "nearest entry is served", low=-1.0, high=1.0))),
-    MethodSpec("category-aware", "semantic", "per-category threshold, TTL and quota (+ load-aware relaxation) over "
-               "an in-memory index", (
-                   *SEMANTIC,
-                   ParamSpec("policy", str, "", "per-category policy: a YAML/JSON file or inline mapping {category: "
-                             "{threshold, ttl, quota, relax, ttl_boost, cache}}, merged over the built-in defaults"),
-                   ParamSpec("load", float, 0.0, "downstream model load, 0 (idle) to 1 (saturated)", low=0.0,
-                             high=1.0),
-                   ParamSpec("load_knee", float, 0.7, "load above which thresholds relax and TTLs stretch",
-                             low=0.0, high=0.999),
-               )),
-    MethodSpec("vcache", "semantic", "vCache: per-entry sigmoid thresholds learnt online by exploring, serving "
-               "within an error bound δ", (
-                   *SEMANTIC,
-                   ParamSpec("delta", float, 0.02, "user error bound δ: the largest acceptable probability that a "
-                             "request is answered wrongly from the cache", low=1e-06, high=1.0),
-                   ParamSpec("seed", int, 0, "seed of the exploration draws (u ~ U(0,1) per lookup)"),
-               )),
-    MethodSpec("meancache", "semantic", "MeanCache: per-user cache; a hit needs the query and its context chain "
-               "(parent queries) to match", (
-                   *_replace(SEMANTIC, scope=ParamSpec("scope", Literal["global", "user"], "user",
-                                                       "user (MeanCache's design): one cache per user; global: "
-                                                       "shared")),
-                   ParamSpec("threshold", float, 0.83, "cosine similarity at or above which a cached query matches",
-                             low=-1.0, high=1.0),
-                   ParamSpec("context_threshold", float, 0.83, "cosine similarity each pair of ancestors needs for "
-                             "the context chains to match", low=-1.0, high=1.0),
-                   ParamSpec("context_depth", int, 0, "ancestors compared (parent first); 0: the whole chain",
-                             low=0),
-               )),
-)
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _METHODS}
+def _load(path: Path) -> tuple[dict[str, MethodSpec], frozenset[str], dict[str, dict[str, Any]]]:
+    """The manifest's methods, modules and effective defaults; none when the file is missing (the registry then
+    finds every built-in by importing its module, and `--write` can make the file)."""
+    if not path.exists():
+        return {}, frozenset(), {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    methods, defaults = {}, {}
+    for entry in data["methods"]:
+        params = tuple(
+            ParamSpec(p["name"], parse_type(p["type"]), p["default"], p["help"], p["low"], p["high"],
+                      None if p["choices"] is None else tuple(p["choices"]), p["infrastructure"])
+            for p in entry["params"])
+        exclusive = tuple((first, second) for first, second in entry["exclusive"])
+        methods[entry["name"]] = MethodSpec(entry["name"], entry["track"], entry["summary"], params, exclusive,
+                                            entry["class"])
+        defaults[entry["name"]] = entry["effective_defaults"]
+    return methods, frozenset(data["modules"]), defaults
+
+
+METHODS: dict[str, MethodSpec]  # every built-in the manifest knows, by name
+MODULES: frozenset[str]  # the modules the manifest was generated from (a module outside it is searched slowly)
+METHODS, MODULES, _DEFAULTS = _load(MANIFEST)
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -301,11 +167,136 @@ def infrastructure_params(name: str) -> frozenset[str]:
 
 
 def effective_defaults(name: str) -> dict[str, Any]:
-    """The parameters `name` runs with when none is given, as its rows record them: the declared defaults, with a
-    budgeted method's ratio resolved (BudgetParams sets DEFAULT_RATIO when neither ratio nor budget is given).
-    Tables compare a row's parameters with these to show only what was changed."""
-    spec = method_spec(name)
-    values = {p.name: p.default for p in spec.params}
-    if ("ratio", "budget") in spec.exclusive and values.get("ratio") is None and values.get("budget") is None:
-        values["ratio"] = DEFAULT_RATIO
-    return values
+    """The parameters `name` runs with when none is given, as its rows record them: its Params class built with
+    no argument (so a budgeted method's ratio is resolved as BudgetParams resolves it). Tables compare a row's
+    parameters with these to show only what was changed."""
+    method_spec(name)
+    return dict(_DEFAULTS[name])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery and generation (these import the method modules, and with them torch)
+
+
+def builtin_modules() -> list[str]:
+    """Every module in baselines/kv and baselines/semantic now, found without importing any of them."""
+    import importlib
+    import pkgutil
+
+    found = []
+    for package in PACKAGES:
+        path = importlib.import_module(package).__path__
+        found += [f"{package}.{info.name}" for info in pkgutil.iter_modules(path) if not info.ispkg]
+    return sorted(found)
+
+
+def defined_methods(module: types.ModuleType) -> list[type]:
+    """The method classes `module` itself defines (KVMethod or SemanticMethod subclasses with a `name`; a base
+    without one, or a class it imports, is not its method)."""
+    from cachebench.method import KVMethod
+    from cachebench.semantic.method import SemanticMethod
+
+    return [cls for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, KVMethod | SemanticMethod)
+            and cls.__module__ == module.__name__ and isinstance(getattr(cls, "name", None), str)]
+
+
+def _exclusive_pairs(params: type) -> list[list[str]]:
+    """The pairs a shared Params base refuses together in its `__post_init__`: BudgetParams' ratio or budget."""
+    from cachebench.kvcompress.budget import BudgetParams
+
+    return [["ratio", "budget"]] if issubclass(params, BudgetParams) else []
+
+
+def _plain(value: Any, what: str) -> Any:
+    """`value` if JSON writes and reads it back as the same value of the same type (0 stays 0, 0.0 stays 0.0)."""
+    back = json.loads(json.dumps(value))
+    if back != value or type(back) is not type(value):
+        raise ValueError(f"{what} = {value!r} cannot be written to the manifest (JSON would read back {back!r})")
+    return value
+
+
+def describe(cls: type) -> dict[str, Any]:
+    """The manifest entry of method class `cls`."""
+    where = f"{cls.__module__}:{cls.__qualname__}"
+    if not isinstance(getattr(cls, "summary", None), str):
+        raise ValueError(f"{where} needs a one-line `summary`")
+    hints = typing.get_type_hints(cls.Params)
+    params = []
+    for field in dataclasses.fields(cls.Params):
+        meta, what = field.metadata, f"{where} parameter {field.name}"
+        choices = meta.get("choices")
+        params.append({
+            "name": field.name,
+            "type": type_text(hints[field.name]),
+            "default": _plain(field.default, what),
+            "help": meta.get("help", ""),
+            "low": _plain(meta.get("low"), what + " low"),
+            "high": _plain(meta.get("high"), what + " high"),
+            "choices": None if choices is None else _plain(list(choices), what + " choices"),
+            "infrastructure": bool(meta.get("infrastructure")),
+        })
+    return {
+        "name": cls.name,
+        "track": cls.track,
+        "summary": cls.summary,
+        "class": where,
+        "exclusive": _exclusive_pairs(cls.Params),
+        "effective_defaults": _plain(dataclasses.asdict(cls.Params()), f"{where} Params()"),
+        "params": params,
+    }
+
+
+def generate() -> str:
+    """The manifest's text as the classes in baselines/ give it now: every module is imported."""
+    import importlib
+
+    modules = builtin_modules()
+    entries: dict[str, dict[str, Any]] = {}
+    for module_name in modules:
+        for cls in defined_methods(importlib.import_module(module_name)):
+            entry = describe(cls)
+            if entry["name"] in entries:
+                raise ValueError(f"two built-in methods are named {entry['name']!r}: {entries[entry['name']]['class']} "
+                                 f"and {entry['class']}")
+            entries[entry["name"]] = entry
+    ordered = sorted(entries.values(), key=lambda e: (e["track"], e["name"]))
+
+    def dump(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    def joined(items: list[str], indent: str) -> list[str]:
+        return [indent + item + ("," if i < len(items) - 1 else "") for i, item in enumerate(items)]
+
+    methods = []
+    for entry in ordered:  # one line per method's header and per parameter, so a change diffs as one line
+        head = ", ".join(f"{dump(key)}: {dump(value)}" for key, value in entry.items() if key != "params")
+        methods.append("\n".join([f"{{{head},", '   "params": [', *joined([dump(p) for p in entry["params"]], "    "),
+                                  "   ]", "  }"]))
+    lines = ["{", f' "generated_by": {dump(REGENERATE + " (from the classes in baselines/; do not edit)")},',
+             f' "modules": {dump(modules)},', ' "methods": [', *joined(methods, "  "), " ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--write`: regenerate method_manifest.json; `--check`: exit 1 when it differs from the classes; neither:
+    print what would be written."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["--write"], ["--check"]):
+        print(f"usage: {REGENERATE} | --check", file=sys.stderr)
+        return 2
+    text = generate()
+    if args == ["--write"]:
+        MANIFEST.write_text(text, encoding="utf-8")
+        print(f"wrote {MANIFEST} ({text.count(chr(10))} lines)")
+    elif args == ["--check"]:
+        if MANIFEST.read_text(encoding="utf-8") != text:
+            print(f"{MANIFEST} is out of date with the method classes: run {REGENERATE}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

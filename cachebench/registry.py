@@ -4,7 +4,10 @@ Two tracks share one namespace of method names: KV-cache methods (cachebench.met
 response caches (cachebench.semantic.method.SemanticMethod); a class's `track` says which. Methods come from
 three places, and a run's rows record the class's own `name` whichever it was:
 
-- the built-ins, listed in baselines' registry (and described, torch-free, in cachebench.method_manifest);
+- the built-ins: the method classes the modules of baselines/kv and baselines/semantic define. Their names and
+  `module:Class` paths come from cachebench.method_manifest (generated from those classes, read without importing
+  them); a module the manifest does not know yet is imported when a name is not found elsewhere, so a new method
+  file works before the manifest is regenerated, only slower;
 - plugins: `--method package.module:Class` names any importable method class, and installed packages declare
   theirs in the `cachebench.methods` entry-point group (`name = "package.module:Class"`);
 - classes registered at run time with `register_method` (the Python API).
@@ -13,43 +16,41 @@ three places, and a run's rows record the class's own `name` whichever it was:
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
 from cachebench import method_manifest
-from cachebench.baselines import KV_METHODS, SEMANTIC_METHODS
 from cachebench.errors import UsageError, unknown_name
 from cachebench.params import infrastructure_fields, parse_params
 
 ENTRY_POINT_GROUP = "cachebench.methods"
-_ALL = {**KV_METHODS, **SEMANTIC_METHODS}
 _REGISTERED: dict[str, type[Any]] = {}  # plugin classes by their name, once loaded or registered
+_UNLISTED: dict[str, type[Any]] | None = None  # built-ins of modules the manifest does not know, once searched
 
 
 def method_names() -> list[str]:
     """Built-in, registered and installed (entry-point) method names."""
-    return sorted({*_ALL, *_REGISTERED, *installed_methods()})
+    return sorted({*method_manifest.METHODS, *_unlisted(), *_REGISTERED, *installed_methods()})
 
 
 def method_track(name: str) -> str:
     """"kv" or "semantic"; a built-in's without importing it."""
-    if name in _ALL:
-        return "semantic" if name in SEMANTIC_METHODS else "kv"
+    if name in method_manifest.METHODS:
+        return method_manifest.METHODS[name].track
     return method_class(name).track
 
 
 def method_class(name: str) -> type[Any]:
     """The class of a built-in name, an installed or registered plugin's name, or a `module:Class` path."""
-    if name in _ALL:
-        module_name, class_name = _ALL[name].split(":")
-        cls = getattr(importlib.import_module(f"cachebench.baselines.{module_name}"), class_name)
-        if cls.name != name:
-            raise RuntimeError(f"registry entry {name!r} points at a class named {cls.name!r}")
-        return cls
+    if name in method_manifest.METHODS:
+        return _builtin(name, method_manifest.METHODS[name].path)
     if name in _REGISTERED:
         return _REGISTERED[name]
     if ":" in name:
         return register_method(_import(name, name))
+    if name in _unlisted():
+        return _unlisted()[name]
     installed = installed_methods()
     if name in installed:
         cls = _import(installed[name], f"entry point {name!r}")
@@ -77,7 +78,7 @@ def register_method(cls: type[Any]) -> type[Any]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
         raise UsageError(f"method class {cls.__qualname__} needs a `name`: a non-empty word without ':' or spaces")
-    if name in _ALL:
+    if name in method_manifest.METHODS or name in _unlisted():
         raise UsageError(f"method class {cls.__qualname__} is named {name!r}, a built-in method; choose another name")
     if not isinstance(getattr(cls, "summary", None), str):
         raise UsageError(f"method class {cls.__qualname__} needs a one-line `summary`")
@@ -92,16 +93,50 @@ def infrastructure_params(name: str) -> frozenset[str]:
     """The parameters of method `name` that say where or how big its storage is, not what it computes
     (cachebench.params.param's `infrastructure`); empty for a name this process does not know. Built-ins are read
     from the manifest: result rows are written and read without importing the method classes and torch."""
-    if name in _ALL:
+    if name in method_manifest.METHODS:
         return method_manifest.infrastructure_params(name)
-    if name in _REGISTERED:
-        return infrastructure_fields(_REGISTERED[name].Params)
-    return frozenset()
+    cls = _REGISTERED.get(name) or _unlisted().get(name)
+    return infrastructure_fields(cls.Params) if cls is not None else frozenset()
 
 
 def installed_methods() -> dict[str, str]:
     """Installed plugins: entry-point name -> "module:Class"."""
     return {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _builtin(name: str, path: str) -> type[Any]:
+    """The built-in class the manifest names `path`; a manifest that no longer matches the classes is a bug of
+    this checkout, said with the command that fixes it."""
+    module_name, _, class_name = path.partition(":")
+    stale = f"cachebench/method_manifest.json is out of date (run {method_manifest.REGENERATE})"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise RuntimeError(f"method {name!r}: {module_name} does not exist; {stale}") from None
+    cls = getattr(module, class_name, None)
+    if getattr(cls, "name", None) != name:
+        raise RuntimeError(f"method {name!r}: {path} is not a method class named {name!r}; {stale}")
+    return cls
+
+
+def _unlisted() -> dict[str, type[Any]]:
+    """The methods of every baselines module the manifest was not generated from, by name: each such module is
+    imported (torch with it), once per process. Empty, after a directory listing, when the manifest is current."""
+    global _UNLISTED
+    if _UNLISTED is None:
+        found: dict[str, type[Any]] = {}
+        for module_name in method_manifest.builtin_modules():
+            if module_name in method_manifest.MODULES:
+                continue
+            warnings.warn(f"{module_name} is not in cachebench/method_manifest.json; its methods are found by "
+                          f"importing it (run {method_manifest.REGENERATE})", stacklevel=2)
+            for cls in method_manifest.defined_methods(importlib.import_module(module_name)):
+                if cls.name not in method_manifest.METHODS:
+                    found.setdefault(cls.name, cls)
+        _UNLISTED = found
+    return _UNLISTED
 
 
 def _import(path: str, what: str) -> type[Any]:

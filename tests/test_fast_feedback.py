@@ -1,10 +1,11 @@
 """Fast feedback from the real command line: a typo in a method, task or parameter is refused in one line before
 torch loads; `list methods` fits a terminal; listings and every `--help` keep names whole at 80 columns; and the
-method manifest those checks read agrees with the real method classes."""
+method manifest those checks read is what the real method classes generate now."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import subprocess
@@ -17,9 +18,9 @@ import pytest
 import typer.main
 from conftest import CLI, REPO, run_cli
 
-from cachebench import cli
+from cachebench import cli, method_manifest
 from cachebench.errors import UsageError
-from cachebench.method_manifest import METHODS, params_class
+from cachebench.method_manifest import METHODS, params_class, parse_type, type_text
 from cachebench.params import parse_params
 from cachebench.registry import infrastructure_params, method_class, method_names
 from cachebench.taskspec import all_tasks
@@ -173,11 +174,33 @@ def test_every_help_keeps_option_names_whole_at_80_columns():
             assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", result.stdout), (path, word)
 
 
+def test_the_committed_manifest_is_what_the_method_classes_generate():
+    committed = method_manifest.MANIFEST.read_text(encoding="utf-8")
+    generated = method_manifest.generate()
+    if committed != generated:
+        diff = difflib.unified_diff(committed.splitlines(), generated.splitlines(), "committed", "generated",
+                                    lineterm="", n=0)
+        pytest.fail(f"cachebench/method_manifest.json differs from the method classes in baselines/: run "
+                    f"`{method_manifest.REGENERATE}` and commit the file\n" + "\n".join(list(diff)[:40]))
+
+
+def test_manifest_types_read_back_as_the_annotations():
+    for tp in (int, float, str, bool, int | None, float | None, typing.Literal["hnsw", "faiss"],
+               typing.Literal["a | b", "c"] | None, typing.Literal[1, 2], typing.Literal[True]):
+        back = parse_type(type_text(tp))
+        assert back == tp and type(back) is type(tp), (tp, type_text(tp), back)
+    with pytest.raises(ValueError, match="unsupported parameter type"):
+        type_text(list[int])
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_type("int | list")
+
+
 def test_manifest_matches_the_real_method_classes():
     assert sorted(METHODS) == method_names()
     for name in method_names():
         cls, spec = method_class(name), METHODS[name]
         assert (spec.track, spec.summary) == (cls.track, cls.summary), name
+        assert spec.path == f"{cls.__module__}:{cls.__qualname__}", name
         fields = dataclasses.fields(cls.Params)
         hints = typing.get_type_hints(cls.Params)
         assert [f.name for f in fields] == [p.name for p in spec.params], name

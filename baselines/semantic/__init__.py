@@ -1,1 +1,1 @@
-"""Semantic response caches, one module per method (registered in cachebench.baselines.SEMANTIC_METHODS)."""
+"""Semantic response caches, one module per method (found by cachebench.registry; see cachebench.baselines)."""
