@@ -1,8 +1,11 @@
-"""A non-editable `pip install .` still finds the task YAMLs and the baselines (they live outside cachebench/)."""
+"""tasks/ and baselines/ live outside cachebench/ but import as cachebench.tasks and cachebench.baselines: a
+non-editable `pip install .` finds its installed copies, and a source checkout (editable or not, beside another
+one) always finds the folders next to its own cachebench/."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -37,4 +40,30 @@ def test_non_editable_install_finds_tasks_and_baselines(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_second_checkout_imports_its_own_tasks_and_baselines(tmp_path):
+    """This venv's editable finder maps cachebench.baselines / cachebench.tasks to REPO; a copy of the checkout run
+    from its own root must still get the folders beside its cachebench/, not REPO's."""
+    clone = tmp_path / "clone"
+    for folder in ("cachebench", "baselines", "tasks"):
+        shutil.copytree(REPO / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", clone / "pyproject.toml")
+    full = clone / "baselines" / "kv" / "full.py"
+    full.write_text(full.read_text().replace('summary = "', 'summary = "CLONE ', 1))
+    probe = (
+        "import pathlib, cachebench, cachebench.baselines.kv.full, cachebench.tasks.builders.passkey;"
+        "from importlib import resources; from cachebench.registry import method_class;"
+        "root = pathlib.Path.cwd().resolve();"
+        "files = [cachebench.__file__, cachebench.baselines.__file__, cachebench.baselines.kv.full.__file__,"
+        " cachebench.tasks.__file__, cachebench.tasks.builders.passkey.__file__,"
+        " str(resources.files('cachebench.tasks'))];"
+        "outside = [f for f in files if not pathlib.Path(f).resolve().is_relative_to(root)];"
+        "assert not outside, outside;"
+        "assert method_class('full').summary.startswith('CLONE '), method_class('full').summary"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=clone, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
