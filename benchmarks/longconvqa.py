@@ -120,6 +120,7 @@ def run_memory(args: argparse.Namespace, model: Any) -> str:
     from cachebench.engine.runner import RunSettings, prepare_episodes
     from cachebench.engine.session import KVSession, LayerHooks
     from cachebench.eval_run import EvalRequest, build_episodes
+    from cachebench.models.anatomy import kv_bytes_per_token
     from cachebench.registry import build_method
     from cachebench.taskspec import resolve_tasks
 
@@ -131,7 +132,7 @@ def run_memory(args: argparse.Namespace, model: Any) -> str:
         method.attach(model)
     epicache = methods["epicache"]
     config = model.config
-    unit = 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize  # one token in one layer
+    unit = kv_bytes_per_token(config, model.dtype, layers=1)  # one token in one layer
     mib = 2**20
     lines = ["| history tokens | full peak KV | snapkv 25% peak KV | epicache 25% peak KV | epicache bound "
              "(budget + block + patch) | tokens per forward: full, snapkv / epicache | epicache's other episodes "

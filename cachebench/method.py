@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from cachebench.engine.measure import cache_bytes
+from cachebench.models.anatomy import cache_bytes
 from cachebench.params import NoParams
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli, run_task
 
 from cachebench.engine.session import KVSession, LayerHooks
+from cachebench.models.anatomy import kv_bytes_per_token
 from cachebench.models.loading import load_model
 from cachebench.registry import build_method
 
@@ -30,11 +31,6 @@ EVICTING = _evicting()
 ALL_COMPRESSING = [*EVICTING, "tokenselect"]
 # RazorAttention keeps retrieval heads whole, so a per-head token budget does not bound its cache
 BUDGET_BOUNDED = [name for name in EVICTING if name != "razorattention"]
-
-
-def bytes_per_token(model) -> int:
-    config = model.config
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +67,7 @@ def test_method_runs_in_both_settings_and_holds_what_it_claims(embedded, full_mu
 def test_multi_turn_cache_is_compressed_again_each_turn(embedded, name):
     budget = 96
     _, measures, _ = run_task(embedded, build_method(name, [f"budget={budget}"]), mode="multi-turn", episodes=1)
-    per_token = bytes_per_token(embedded)
+    per_token = kv_bytes_per_token(embedded.config, embedded.dtype)
     for m in measures:  # the budget plus this turn's prompt and answer; never the history of earlier turns
         assert m.kv_bytes <= (budget + m.prompt_tokens + m.output_tokens + 1) * per_token, m.turn
     full = run_task(embedded, build_method("full", []), mode="multi-turn", episodes=1)[1]

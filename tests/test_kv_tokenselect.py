@@ -19,9 +19,9 @@ from cachebench.baselines.kv.tokenselect import (
     step_plan,
     vote_top_k,
 )
-from cachebench.engine.measure import tensor_bytes
 from cachebench.engine.session import KVSession, LayerHooks
 from cachebench.method import LayerCall
+from cachebench.models.anatomy import kv_bytes_per_token, tensor_bytes
 
 
 def transcribed_selection(queries, past_keys, budget, initial, local):
@@ -165,12 +165,8 @@ def test_selection_cache_reuses_only_for_similar_queries(embedded):
     assert method.selection_ms_total > 0
 
 
-def kv_bytes_per_token(model) -> int:
-    config = model.config
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
-
-
 def test_end_to_end_keeps_the_full_cache(embedded):
+    per_token = kv_bytes_per_token(embedded.config, embedded.dtype)
     for compression in ("query-agnostic", "query-aware"):
         method = TokenSelect(TokenSelectParams())
         _, measures, _ = run_task(embedded, method, mode="multi-request", episodes=1, compression=compression)
@@ -178,4 +174,4 @@ def test_end_to_end_keeps_the_full_cache(embedded):
         assert method.selection_steps > 0 and method.reused_selections > 0
         for m in measures:
             fed = m.context_tokens + m.prompt_tokens + max(0, m.output_tokens - 1)
-            assert m.kv_bytes in (fed * kv_bytes_per_token(embedded), (fed + 1) * kv_bytes_per_token(embedded))
+            assert m.kv_bytes in (fed * per_token, (fed + 1) * per_token)

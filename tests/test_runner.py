@@ -7,12 +7,8 @@ import math
 import pytest
 from conftest import RecentWindow, WindowParams, run_task
 
+from cachebench.models.anatomy import kv_bytes_per_token
 from cachebench.registry import build_method
-
-
-def kv_bytes_per_token(model) -> int:
-    config = model.config
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * model.dtype.itemsize
 
 
 def test_multi_request_prefills_the_context_once_and_restores_it(embedded):
@@ -21,6 +17,7 @@ def test_multi_request_prefills_the_context_once_and_restores_it(embedded):
     layers = embedded.config.num_hidden_layers
     context_calls = [c for c in counter.calls if c[1] == "context"]
     assert len(context_calls) == layers * len(prepared)  # one context forward per episode, every layer
+    per_token = kv_bytes_per_token(embedded.config, embedded.dtype)
     for episode in prepared:
         rows = [m for m in measures if m.episode_id == episode.episode.episode_id]
         assert len({m.prefill_ms for m in rows}) == 1
@@ -28,7 +25,7 @@ def test_multi_request_prefills_the_context_once_and_restores_it(embedded):
             assert m.ttft_ms < m.prefill_ms / 3
             # each turn starts from the post-context cache: context + this turn's prompt + fed answer tokens
             fed = m.context_tokens + m.prompt_tokens + max(0, m.output_tokens - 1)
-            assert m.kv_bytes in (fed * kv_bytes_per_token(embedded), (fed + 1) * kv_bytes_per_token(embedded))
+            assert m.kv_bytes in (fed * per_token, (fed + 1) * per_token)
     # every query of a multi-request episode starts at the same true position: right after the context
     query_starts = {c[2] for c in counter.calls if c[1] == "query" and c[0] == 0}
     assert query_starts == {len(p.context_ids) for p in prepared}
@@ -72,7 +69,7 @@ def test_hooks_see_every_layer_in_every_phase_with_true_positions(embedded):
     # positions keep counting past the evicted entries: the last decode position exceeds what the cache holds
     last_position = max(pos for _, _, pos in window.calls)
     assert last_position > len(prepared[0].context_ids)
-    assert all(m.kv_bytes == 28 * kv_bytes_per_token(embedded) for m in measures)
+    assert all(m.kv_bytes == 28 * kv_bytes_per_token(embedded.config, embedded.dtype) for m in measures)
 
 
 def test_a_crippled_cache_scores_lower_on_the_default_task(embedded):

@@ -46,8 +46,8 @@ from transformers.cache_utils import DynamicLayer
 
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.prune import gather_tokens, top_k_sorted
-from cachebench.kvcompress.queries import apply_rope, raw_projection
 from cachebench.method import KVMethod, LayerCall
+from cachebench.models.anatomy import apply_rope, raw_projection
 from cachebench.params import param
 
 STATE_KEY = "tokenselect"

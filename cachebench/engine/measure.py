@@ -1,4 +1,4 @@
-"""Time, memory and KV-size measurement that reads the same on CPU and GPU.
+"""Time and memory measurement that reads the same on CPU and GPU.
 
 GPU times synchronize the device before reading the host clock, so queued kernels are counted. Peak memory is
 CUDA's max-allocated on GPU (weights included) and the growth of the process's peak RSS on CPU (Linux VmHWM,
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -67,21 +66,3 @@ class PeakMemory:
         peak = (_status_kib("VmHWM") or 0) * 1024
         return max(0, peak - self._baseline)
 
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes held by the tensors of a cache layer (any attribute that is a tensor or a list/tuple of them)."""
-    total = 0
-    for value in vars(obj).values():
-        if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
-        elif isinstance(value, (list, tuple)):
-            total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
-    return total
-
-
-def cache_bytes(cache: Any) -> int:
-    """Bytes of every tensor in a transformers Cache, layer by layer (what a method left after it acted)."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return tensor_bytes(cache)
-    return sum(tensor_bytes(layer) for layer in layers)

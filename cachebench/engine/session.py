@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cachebench.engine.measure import cache_bytes, tensor_bytes
 from cachebench.method import LayerCall, Phase
+from cachebench.models.anatomy import attention_modules, cache_bytes, tensor_bytes
 
 if TYPE_CHECKING:
     from cachebench.method import KVMethod
@@ -28,12 +28,6 @@ def _keyword(model: torch.nn.Module, new: str, old: str) -> str:
     """transformers renamed some forward arguments (past_key_values -> cache, ...): pick the one this model takes."""
     params = inspect.signature(model.forward).parameters
     return new if new in params else old
-
-
-def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention module of each decoder layer, in layer order."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    return [layer.self_attn for layer in decoder.layers]
 
 
 def layer_length(cache: Any, layer_idx: int) -> int:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cachebench.kvcompress.queries import apply_rope, raw_projection
+from cachebench.errors import UsageError
+from cachebench.models.anatomy import UnsupportedDecoder, apply_rope, decoder_parts, raw_projection
 from cachebench.models.loaded import LoadedModel
-from cachebench.reuse.forward import decoder_parts
 
 DEFAULT_BUCKET = 256
 
@@ -37,7 +37,10 @@ class StaticDecoder:
 
     def __init__(self, model: LoadedModel, capacity: int, batch: int = 1) -> None:
         self.model = model
-        self.parts = decoder_parts(model)
+        try:
+            self.parts = decoder_parts(model.model)
+        except UnsupportedDecoder as exc:
+            raise UsageError(f"{model.name}: static decode {exc}") from None
         self.capacity = capacity
         self.batch = batch
         config = model.config

@@ -1,7 +1,8 @@
-"""Queries recomputed from an attention layer's input, as the layer itself computed them.
+"""An observation window's attention inputs, kept so its queries can be recomputed as the layer computed them.
 
 The default sdpa attention never exposes its queries or weights, so methods that score tokens by attention
-recompute the queries of the few tokens they need (an observation window) from the hidden states the hook saw.
+recompute the queries of the few tokens they need (an observation window) from the hidden states the hook saw
+(the projection itself: cachebench.models.anatomy).
 """
 
 from __future__ import annotations
@@ -10,34 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (batch, heads, tokens, head_dim) states by RoPE (cos, sin of shape (batch, tokens, head_dim))."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return states * cos + rotate_half(states) * sin
-
-
-def raw_projection(module: torch.nn.Module, hidden: torch.Tensor, kind: str = "q") -> torch.Tensor:
-    """Pre-RoPE queries (kind "q") or keys ("k"), (batch, heads, tokens, head_dim), of a Llama-style attention
-    module, with the per-head norm Qwen3-style models apply before RoPE."""
-    batch, tokens, _ = hidden.shape
-    states = getattr(module, f"{kind}_proj")(hidden).view(batch, tokens, -1, module.head_dim)
-    norm = getattr(module, f"{kind}_norm", None)
-    if norm is not None:
-        states = norm(states)
-    return states.transpose(1, 2)
-
-
-def project_queries(
-    module: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """Post-RoPE queries (batch, q_heads, tokens, head_dim), as the layer computed them."""
-    return apply_rope(raw_projection(module, hidden, "q"), cos, sin)
+from cachebench.models.anatomy import project_queries
 
 
 @dataclass

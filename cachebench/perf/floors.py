@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cachebench.models.anatomy import head_dim
 from cachebench.perf.timing import median_ms
 
 
@@ -60,9 +61,9 @@ def prefill_flops(config: object, tokens: int) -> float:
     hidden = config.hidden_size
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv = config.num_key_value_heads * head_dim
-    per_layer = hidden * (heads * head_dim) * 2 + hidden * kv * 2 + 3 * hidden * config.intermediate_size
+    dim = head_dim(config)
+    kv = config.num_key_value_heads * dim
+    per_layer = hidden * (heads * dim) * 2 + hidden * kv * 2 + 3 * hidden * config.intermediate_size
     dense = 2 * tokens * layers * per_layer + 2 * hidden * config.vocab_size  # the lm_head runs on the last token
-    attention = 2 * 2 * layers * heads * head_dim * tokens * tokens / 2
+    attention = 2 * 2 * layers * heads * dim * tokens * tokens / 2
     return dense + attention

@@ -22,6 +22,7 @@ from cachebench.engine.measure import PeakMemory
 from cachebench.engine.session import KVSession, LayerHooks
 from cachebench.engine.static_decode import CapturedStep, StaticDecoder, bucketed
 from cachebench.method import KVMethod
+from cachebench.models.anatomy import kv_bytes_per_token
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import canonical_json
 from cachebench.perf.floors import Floors, prefill_flops
@@ -90,12 +91,6 @@ def _prefilled(model: LoadedModel, method: KVMethod, hooks: LayerHooks | None, i
     method.stage(session, ids)
     session.prefill(ids, "context")
     return session
-
-
-def _buffer_bytes(cache: object, capacity: int) -> int:
-    """One sequence's static K and V buffers of `capacity` entries in every layer."""
-    return sum(2 * layer.keys.shape[1] * layer.keys.shape[-1] * capacity * layer.keys.element_size()
-               for layer in cache.layers)
 
 
 def _step_activation_bytes(model: LoadedModel) -> int:
@@ -178,8 +173,8 @@ def measure(model: LoadedModel, method: KVMethod, context: int, settings: PerfSe
         capacity = bucketed(live + settings.decode_steps + 8, settings.bucket)  # timed steps, warm-ups, capture
         batch = settings.batch_size
         if settings.memory_budget_bytes is not None:
-            batch = _batch_for_budget(model, _buffer_bytes(session.cache, capacity), settings.memory_budget_bytes,
-                                      _step_activation_bytes(model))
+            buffers = capacity * kv_bytes_per_token(model.config, model.dtype)  # one sequence's static K, V
+            batch = _batch_for_budget(model, buffers, settings.memory_budget_bytes, _step_activation_bytes(model))
             if batch == 0:
                 raise ValueError(f"{method.name} at {context} tokens: not even one sequence fits the memory budget")
         batch_peak = _Peak(device)

@@ -17,9 +17,10 @@ import torch
 from cachebench.engine.session import KVSession, Segment
 from cachebench.errors import UsageError
 from cachebench.method import Phase
+from cachebench.models.anatomy import DecoderParts, UnsupportedDecoder, decoder_parts
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
-from cachebench.reuse.forward import DecoderParts, ReusedKV, decoder_parts, selective_forward
+from cachebench.reuse.forward import ReusedKV, selective_forward
 from cachebench.reuse.storage import StoreBackedMethod, StoreParams, stack_layers, timed_get
 from cachebench.reuse.store import KVBlock, content_key
 
@@ -69,7 +70,10 @@ class ChunkReuseMethod(StoreBackedMethod):
         return None, 0.0
 
     def attach(self, model: LoadedModel) -> None:
-        self._parts = decoder_parts(model)
+        try:
+            self._parts = decoder_parts(model.model)
+        except UnsupportedDecoder as exc:
+            raise UsageError(f"{model.name}: chunk reuse {exc}") from None
         check_layer, _ = self.recompute_plan()
         if check_layer is not None and check_layer >= len(self._parts.layers):
             raise UsageError(

@@ -5,7 +5,8 @@ the pre-RoPE keys of every layer (so a stored chunk can be placed at any positio
 of tokens being computed shrinks between layers (CacheBlend recomputes only the tokens whose KV deviates most).
 This module runs a Llama-style decoder itself — embeddings, then per layer norm, q/k/v projections, RoPE, attention
 over the layer's whole key set, output projection, MLP — from the model's own modules, so the arithmetic is the
-model's; with every token computed at every layer it reproduces the plain forward (tested to fp tolerance).
+model's; with every token computed at every layer it reproduces the plain forward (tested to fp tolerance). The
+parts themselves are found by cachebench.models.anatomy.decoder_parts.
 """
 
 from __future__ import annotations
@@ -16,52 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cachebench.errors import UsageError
-from cachebench.kvcompress.queries import apply_rope, raw_projection
-from cachebench.models.loaded import LoadedModel
-
-_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-
-
-@dataclass
-class DecoderParts:
-    """The modules of a Llama-style decoder, found once per model."""
-
-    embed: torch.nn.Module
-    layers: list[torch.nn.Module]
-    norm: torch.nn.Module
-    lm_head: torch.nn.Module
-    rotary: torch.nn.Module
-    kv_heads: int
-    head_dim: int
-
-
-def decoder_parts(model: LoadedModel) -> DecoderParts:
-    """The decoder's modules, or a one-line error for architectures this forward does not reproduce."""
-    net = model.model
-    decoder = net.get_decoder() if hasattr(net, "get_decoder") else net.model
-    config = model.config
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if layer_types != {"full_attention"} or getattr(config, "use_sliding_window", False):
-        raise UsageError(
-            f"{model.name}: chunk reuse needs full attention in every layer (this model has "
-            f"{', '.join(sorted(layer_types))})"
-        )
-    layers = list(getattr(decoder, "layers", []))
-    if not layers or any(not all(hasattr(layer, part) for part in _LAYER_PARTS) for layer in layers):
-        raise UsageError(f"{model.name}: chunk reuse supports Llama-style decoder layers ({', '.join(_LAYER_PARTS)})")
-    if not hasattr(decoder, "rotary_emb"):
-        raise UsageError(f"{model.name}: chunk reuse needs a model-level rotary embedding")
-    attn = layers[0].self_attn
-    return DecoderParts(
-        embed=decoder.embed_tokens,
-        layers=layers,
-        norm=decoder.norm,
-        lm_head=net.get_output_embeddings(),
-        rotary=decoder.rotary_emb,
-        kv_heads=config.num_key_value_heads,
-        head_dim=attn.head_dim,
-    )
+from cachebench.models.anatomy import DecoderParts, apply_rope, raw_projection
 
 
 @dataclass

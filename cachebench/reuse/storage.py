@@ -19,6 +19,7 @@ from cachebench.engine.measure import Clock
 from cachebench.engine.session import KVSession
 from cachebench.errors import UsageError
 from cachebench.method import KVMethod
+from cachebench.models.anatomy import head_dim
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 from cachebench.paths import cache_dir
@@ -57,7 +58,6 @@ def open_store(params: StoreParams, model: LoadedModel, variant: str) -> TieredK
     """A tiered store for this model and encoding variant, sized by the method's parameters."""
     disk_dir = Path(params.disk_dir) if params.disk_dir else cache_dir() / "kvstore"
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     try:
         return TieredKVStore(
             namespace=model_namespace(model, variant),
@@ -67,7 +67,7 @@ def open_store(params: StoreParams, model: LoadedModel, variant: str) -> TieredK
             cpu_bytes=params.cpu_mb * _MB,
             disk_dir=disk_dir if params.disk_mb > 0 else None,
             disk_bytes=params.disk_mb * _MB,
-            layout=(config.num_hidden_layers, config.num_key_value_heads, head_dim),
+            layout=(config.num_hidden_layers, config.num_key_value_heads, head_dim(config)),
         )
     except OSError as exc:  # the disk folder cannot be created or listed
         raise UsageError(f"--param disk_dir={disk_dir}: not usable for the KV store ({exc.strerror or exc})") from None
