@@ -9,14 +9,14 @@ A method sees the model at three depths:
   - per attention layer, after (`on_layer`): right after a layer wrote its new keys/values, in every phase
     (context prefill, query prefill, each decode step), it may compress, evict, or record statistics.
 Per-cache state lives in `call.state` / `session.state`; the runner snapshots it together with the cache, so
-multi-request turns each start from the same post-context state.
+multi-request turns each start from the same post-context state. What a layer hook sees (`LayerCall`, `Phase`)
+is the engine's: `cachebench.engine.session`, below this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cachebench.models.anatomy import cache_bytes
 from cachebench.params import NoParams
@@ -24,30 +24,13 @@ from cachebench.params import NoParams
 if TYPE_CHECKING:
     import torch
 
-    from cachebench.engine.session import KVSession
+    from cachebench.engine.session import KVSession, LayerCall, Phase
     from cachebench.models.loaded import LoadedModel
-
-Phase = Literal["context", "query", "decode"]
-
-
-@dataclass
-class LayerCall:
-    """One attention layer's forward, seen right after it appended its new keys/values to the cache."""
-
-    layer_idx: int
-    phase: Phase
-    module: torch.nn.Module  # the attention module: q_proj/k_proj/... for methods that recompute queries
-    hidden_states: torch.Tensor  # the attention input for the new tokens, (batch, new_tokens, hidden)
-    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None  # RoPE (cos, sin) of the new tokens
-    positions: torch.Tensor  # true positions of the new tokens (1-D); differ from cache indices once evicted
-    cache: Any  # transformers Cache: cache.layers[layer_idx].keys / .values, (batch, kv_heads, length, head_dim)
-    state: dict[str, Any]  # per-cache method state, snapshotted and restored with the cache
-    query_aware: bool = False  # compression setting: may the first question be part of the compressed prefill?
-    attention_mask: torch.Tensor | None = None  # before_layer only: the mask the layer will use; methods may replace it
 
 
 class KVMethod:
-    """Base class: the uncompressed behaviour. Subclasses override only the hooks they need."""
+    """Base class: the uncompressed behaviour. Subclasses override only the hooks they need; a session calls them
+    through `cachebench.engine.session.SessionMethod`, which this class satisfies."""
 
     name: ClassVar[str]
     summary: ClassVar[str]

@@ -19,8 +19,9 @@ import torch
 
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.runner import EpisodeRunner, RunSettings, prepare_episodes
+from cachebench.engine.session import LayerCall
 from cachebench.eval_run import EvalRequest, build_episodes
-from cachebench.method import KVMethod, LayerCall
+from cachebench.method import KVMethod
 from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model

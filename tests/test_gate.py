@@ -12,10 +12,10 @@ from conftest import run_cli
 from filelock import FileLock
 
 from cachebench.baselines.kv.snapkv import SnapKV, SnapKVParams
+from cachebench.engine.session import LayerCall
 from cachebench.errors import UsageError
 from cachebench.eval_run import EvalRequest, run_eval
 from cachebench.gate import GateOptions, gate_command, paired_bootstrap, render_markdown, run_gate, to_json
-from cachebench.method import LayerCall
 from cachebench.results import read_results, write_atomic
 from cachebench.taskspec import SEMANTIC_METRIC
 

@@ -12,8 +12,8 @@ import torch
 from conftest import run_task
 
 from cachebench.baselines.kv.cake import CAKE, CAKEParams, allocate_budgets, layer_preference
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.evictor import eviction_state
-from cachebench.method import LayerCall
 
 KV_HEADS, Q_HEADS, DIM, HIDDEN = 2, 6, 8, 16
 

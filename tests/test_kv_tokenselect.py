@@ -19,8 +19,7 @@ from cachebench.baselines.kv.tokenselect import (
     step_plan,
     vote_top_k,
 )
-from cachebench.engine.session import KVSession, LayerHooks
-from cachebench.method import LayerCall
+from cachebench.engine.session import KVSession, LayerCall, LayerHooks
 from cachebench.models.anatomy import kv_bytes_per_token, tensor_bytes
 
 

@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 
-from cachebench.engine.session import KVSession
+from cachebench.engine.session import KVSession, LayerCall, Phase
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.episodes import cluster_episodes, segments_of
 from cachebench.kvcompress.layer_budget import allocate, key_sensitivity
 from cachebench.kvcompress.prune import keep_in_layer, keep_top_and_window
 from cachebench.kvcompress.queries import WindowInputs
-from cachebench.method import KVMethod, LayerCall, Phase
+from cachebench.method import KVMethod
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 

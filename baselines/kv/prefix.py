@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cachebench.engine.session import KVSession
-from cachebench.method import Phase
+from cachebench.engine.session import KVSession, Phase
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
 from cachebench.reuse.storage import StoreBackedMethod, StoreParams, stack_layers, timed_get

@@ -44,9 +44,10 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.prune import gather_tokens, top_k_sorted
-from cachebench.method import KVMethod, LayerCall
+from cachebench.method import KVMethod
 from cachebench.models.anatomy import apply_rope, raw_projection
 from cachebench.params import param
 

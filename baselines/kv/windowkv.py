@@ -41,18 +41,15 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from cachebench.engine.session import KVSession, LayerCall, Phase
 from cachebench.kvcompress.attention import window_attention
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod
-from cachebench.method import LayerCall, Phase
 from cachebench.params import param
-
-if TYPE_CHECKING:
-    from cachebench.engine.session import KVSession
 
 TASKS = {"localization": ("max", 32), "aggregation": ("average", 16)}  # task -> (window scoring, observation window)
 CLASSIFIER_SPAN = 256  # the paper's classifier reads the first and last 256 tokens of a long input

@@ -3,6 +3,10 @@
 The session owns the true token position (RoPE positions keep counting when a method evicts entries, so the
 cache length and the position differ), calls the model with the keyword names of whichever transformers version
 is installed, and can snapshot and restore its cache and method state.
+
+It also defines what a method's layer hooks see (`LayerCall`, `Phase`) and, as a Protocol, the calls a session
+makes on its method (`SessionMethod`), so the engine sits below `cachebench.method` and never imports it:
+`KVMethod` satisfies the Protocol by its shape.
 """
 
 from __future__ import annotations
@@ -12,16 +16,44 @@ import inspect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from cachebench.method import LayerCall, Phase
 from cachebench.models.anatomy import attention_modules, cache_bytes, tensor_bytes
 
 if TYPE_CHECKING:
-    from cachebench.method import KVMethod
     from cachebench.models.loaded import LoadedModel
+
+Phase = Literal["context", "query", "decode"]
+
+
+@dataclass
+class LayerCall:
+    """One attention layer's forward, seen right after it appended its new keys/values to the cache."""
+
+    layer_idx: int
+    phase: Phase
+    module: torch.nn.Module  # the attention module: q_proj/k_proj/... for methods that recompute queries
+    hidden_states: torch.Tensor  # the attention input for the new tokens, (batch, new_tokens, hidden)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None  # RoPE (cos, sin) of the new tokens
+    positions: torch.Tensor  # true positions of the new tokens (1-D); differ from cache indices once evicted
+    cache: Any  # transformers Cache: cache.layers[layer_idx].keys / .values, (batch, kv_heads, length, head_dim)
+    state: dict[str, Any]  # per-cache method state, snapshotted and restored with the cache
+    query_aware: bool = False  # compression setting: may the first question be part of the compressed prefill?
+    attention_mask: torch.Tensor | None = None  # before_layer only: the mask the layer will use; methods may replace it
+
+
+class SessionMethod(Protocol):
+    """What a session and its layer hooks call on their method (cachebench.method.KVMethod documents each)."""
+
+    def new_cache(self, model: LoadedModel) -> Any: ...
+
+    def prefill(self, session: KVSession, token_ids: Sequence[int], phase: Phase) -> torch.Tensor: ...
+
+    def before_layer(self, call: LayerCall) -> None: ...
+
+    def on_layer(self, call: LayerCall) -> None: ...
 
 
 def _keyword(model: torch.nn.Module, new: str, old: str) -> str:
@@ -171,7 +203,7 @@ class KVSession:
     def __init__(
         self,
         model: LoadedModel,
-        method: KVMethod,
+        method: SessionMethod,
         hooks: LayerHooks | None,
         query_aware: bool = False,
         segments: tuple[Segment, ...] | None = None,

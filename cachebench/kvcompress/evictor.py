@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.prune import keep_in_layer, top_k_sorted, with_tail
 from cachebench.kvcompress.queries import WindowInputs
-from cachebench.method import KVMethod, LayerCall
+from cachebench.method import KVMethod
 
 STATE_KEY = "eviction"
 

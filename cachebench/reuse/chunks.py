@@ -14,9 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from cachebench.engine.session import KVSession, Segment
+from cachebench.engine.session import KVSession, Phase, Segment
 from cachebench.errors import UsageError
-from cachebench.method import Phase
 from cachebench.models.anatomy import DecoderParts, UnsupportedDecoder, decoder_parts
 from cachebench.models.loaded import LoadedModel
 from cachebench.params import param
