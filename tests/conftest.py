@@ -1,5 +1,6 @@
-"""Shared fixtures: the real embedded model loaded once per test session, and a small eviction method used only
-to prove that the runner serves methods that shrink the cache (it is not registered)."""
+"""Shared fixtures: the real embedded model loaded once per test session, a small eviction method used only
+to prove that the runner serves methods that shrink the cache (it is not registered), and the registry queries
+the generic tests take their methods from (`methods_where`), so a new method is tested without being listed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import os
 # CLI subprocesses it starts, because two processes of two threads each on two cores slow torch down tenfold.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import dataclasses
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel
 from cachebench.models.loading import load_model
 from cachebench.params import param
+from cachebench.registry import method_class, method_names, method_track
 from cachebench.taskspec import resolve_tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +39,24 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 _SCRIPT = Path(sys.executable).parent / "cachebench"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cachebench.cli"]
+
+
+def methods_where(track: str, predicate: Callable[[type], bool] = lambda cls: True) -> list[str]:
+    """The registered methods of `track` ("kv" or "semantic") whose class satisfies `predicate`, by name: built-ins
+    (a new file in baselines/ included), installed entry points, and classes given to
+    cachebench.registry.register_method before the tests are collected (a pytest plugin, `-p module`, can)."""
+    return [name for name in method_names() if method_track(name) == track and predicate(method_class(name))]
+
+
+def declares(cls: type, parameter: str) -> bool:
+    """Whether method class `cls` takes `parameter`."""
+    return parameter in {field.name for field in dataclasses.fields(cls.Params)}
+
+
+def declared(name: str, settings: dict[str, object]) -> list[str]:
+    """`key=value` for those of `settings` that method `name` declares as parameters: a generic test shrinks sizes
+    (blocks, chunks) and loosens thresholds without knowing which method takes which."""
+    return [f"{key}={value}" for key, value in settings.items() if declares(method_class(name), key)]
 
 
 @pytest.fixture(scope="session")
@@ -89,11 +111,12 @@ def assert_usage_error(result: subprocess.CompletedProcess, message: str, out: P
 
 
 def run_task(model, method, task="multiturn.passkey", mode=None, episodes=2, context_tokens=None, golden=False,
-             seed=0, compression="query-agnostic"):
+             seed=0, compression="query-agnostic", max_new_tokens=None):
     """Run `method` on a few episodes of a task in-process on `model`; returns prepared episodes, measures, scores."""
     spec = resolve_tasks(task)[0]
     request = EvalRequest(method=method.name, task=task, limit=episodes, context_tokens=context_tokens, seed=seed)
-    settings = RunSettings(mode=mode or spec.mode, golden_history=golden, compression=compression)
+    settings = RunSettings(mode=mode or spec.mode, golden_history=golden, compression=compression,
+                           max_new_tokens=max_new_tokens)
     prepared = prepare_episodes(build_episodes(spec, request, model), spec, model, ChatFormat(model.tokenizer),
                                 settings)
     runner = EpisodeRunner(model, method, spec, settings)

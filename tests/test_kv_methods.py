@@ -1,5 +1,6 @@
 """Every registered KV-compression method end to end on the real embedded model: both compression settings,
-both SCBench modes, honest kv_bytes, a multi-turn cache brought back to its budget each turn."""
+both SCBench modes, honest kv_bytes, a multi-turn cache brought back to its budget each turn; and every other KV
+method that is neither compressing nor reusing (tests/test_kv_reuse.py has those) runs end to end."""
 
 from __future__ import annotations
 
@@ -7,28 +8,27 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, run_task
+from conftest import methods_where, run_cli, run_task
 
 from cachebench.engine.session import KVSession, LayerHooks
+from cachebench.kvcompress.budget import BudgetParams
+from cachebench.kvcompress.evictor import EvictionMethod
 from cachebench.models.anatomy import kv_bytes_per_token
 from cachebench.models.loading import load_model
 from cachebench.registry import build_method
 
-
-def _evicting() -> list[str]:
-    """Every registered method built on EvictionMethod (a new one, a score()-only one included, is tested here
-    without being listed)."""
-    from cachebench.kvcompress.evictor import EvictionMethod
-    from cachebench.registry import method_class, method_names, method_track
-
-    return [name for name in method_names()
-            if method_track(name) == "kv" and issubclass(method_class(name), EvictionMethod)]
-
-
-EVICTING = _evicting()
-# TokenSelect compresses attention per decoding step without evicting (its own budget semantics are tested below);
-# EpiCache's episode clustering has its own end-to-end tests (tests/test_kv_epicache.py)
-ALL_COMPRESSING = [*EVICTING, "tokenselect"]
+# Every registered method built on EvictionMethod (a new one, a score()-only one included, is tested here without
+# being listed), and every KV method that takes a cache budget (ratio or budget) such as TokenSelect, which
+# compresses attention per decoding step without evicting; then every other KV method that reuses no stored KV (the
+# uncompressed reference, a quantized cache). EpiCache's episode clustering has its own end-to-end tests
+# (tests/test_kv_epicache.py), at the context length its episodes need.
+OWN_END_TO_END = {"epicache"}
+EVICTING = methods_where("kv", lambda cls: issubclass(cls, EvictionMethod))
+ALL_COMPRESSING = [name for name in methods_where(
+    "kv", lambda cls: issubclass(cls, EvictionMethod) or issubclass(cls.Params, BudgetParams))
+                   if name not in OWN_END_TO_END]
+OTHER_KV = [name for name in methods_where("kv", lambda cls: not cls.reuses_kv)
+            if name not in ALL_COMPRESSING and name not in OWN_END_TO_END]
 # RazorAttention keeps retrieval heads whole, so a per-head token budget does not bound its cache
 BUDGET_BOUNDED = [name for name in EVICTING if name != "razorattention"]
 
@@ -38,7 +38,7 @@ def full_multi_request(embedded):
     return run_task(embedded, build_method("full", []), mode="multi-request", episodes=1)[1]
 
 
-def test_list_methods_shows_the_eight_with_their_parameters():
+def test_list_methods_shows_the_compressing_methods_with_their_parameters():
     result = run_cli("list", "methods")
     assert result.returncode == 0, result.stderr
     for name in ALL_COMPRESSING:
@@ -61,6 +61,20 @@ def test_method_runs_in_both_settings_and_holds_what_it_claims(embedded, full_mu
             assert ours.kv_bytes < 0.8 * full.kv_bytes
         else:  # ratio 0.5: about half of full's cache, plus the uncompressed turn in query-agnostic mode
             assert 0.35 * full.kv_bytes < ours.kv_bytes < 0.65 * full.kv_bytes
+
+
+@pytest.mark.parametrize("mode", ["multi-request", "multi-turn"])
+@pytest.mark.parametrize("name", OTHER_KV)
+def test_every_other_kv_method_answers_every_turn_and_reports_its_cache(embedded, name, mode):
+    method = build_method(name, [])
+    method.attach(embedded)  # as run_eval does once per run
+    _, measures, _ = run_task(embedded, method, mode=mode, episodes=1, context_tokens=128, max_new_tokens=4)
+    assert len(measures) == 4 and all(m.error is None and m.prediction and m.output_tokens > 0 for m in measures)
+    per_token, held = kv_bytes_per_token(embedded.config, embedded.dtype), 0
+    for m in measures:  # some bytes, and never more than the uncompressed cache of the same tokens: the context and
+        # this request's prompt and reply (multi-turn: every turn's so far)
+        held = (held if mode == "multi-turn" else 0) + m.prompt_tokens + m.output_tokens
+        assert 0 < m.kv_bytes <= (m.context_tokens + held) * per_token, m.turn
 
 
 @pytest.mark.parametrize("name", BUDGET_BOUNDED)
