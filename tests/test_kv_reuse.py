@@ -7,11 +7,13 @@ after loaded blocks runs smaller matrix products, which some CPUs (Intel AMX in 
 differently from the one-shot prefill (KL ~1e-3 against ~0.27 for naive chunk reuse); elsewhere they are equal.
 The other assertions check that the methods do what their papers say (chunks found again in another order, the
 recompute share, the ordering of naive reuse < CacheBlend < full in fidelity) and that a damaged disk tier is
-never served.
+never served; and every registered reuse method (`reuses_kv`) runs a task through `run_eval` in both modes with
+honest counters.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import signal
 import subprocess
@@ -20,15 +22,21 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import torch
+from rich.console import Console
 
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.runner import RunSettings, prepare_episodes
 from cachebench.engine.session import KVSession
 from cachebench.episodes import Episode, Turn
+from cachebench.eval_run import run_eval
+from cachebench.models.anatomy import kv_bytes_per_token
 from cachebench.registry import build_method
+from cachebench.results import REUSE_TIERS, read_results
 from cachebench.reuse.store import TieredKVStore
+from cachebench.runs import EvalRequest
+from cachebench.show import show
 from cachebench.taskspec import resolve_tasks
-from tests.conftest import CLI, REPO, run_cli, run_task
+from tests.conftest import CLI, REPO, declared, methods_where, run_cli
 
 CHUNKS = [
     "Document A. The lighthouse at Carrow Point was built in 1871 by the engineer Maud Ellery. Its lamp burned "
@@ -201,36 +209,45 @@ def _meta(path):
         return json.loads(handle.metadata()["meta"])
 
 
+# Every registered method that serves contexts from a store (a new one is tested here without being listed), with
+# blocks and chunks small enough that a short context holds several, where the method takes such sizes.
+REUSING = methods_where("kv", lambda cls: cls.reuses_kv)
+SMALL_BLOCKS = {"block_tokens": 32, "chunk_tokens": 64}
+
+
 @pytest.mark.parametrize("mode", ["multi-request", "multi-turn"])
-def test_every_reuse_method_runs_the_multiturn_task(embedded, mode):
-    """Flat contexts are cut into fixed chunks; in multi-request mode every request is served from the store."""
-    for name in ("prefix", "naive-concat", "kvlink", "cacheblend"):
-        method = build_method(name, ["block_tokens=32"] if name == "prefix" else ["chunk_tokens=128"])
-        method.attach(embedded)  # as run_eval does once per run
-        prepared, measures, _ = run_task(embedded, method, "multiturn.passkey", mode=mode, episodes=1)
-        assert all(m.error is None for m in measures) and len(measures) == 4
-        context = len(prepared[0].context_ids)
-        if mode == "multi-request":  # turns 1-3 re-prefill the context from the store: (nearly) all of it reused
-            assert all(m.reused_tokens >= context - 128 for m in measures[1:]), name
-            assert all(m.reuse_tier_tokens.get("device", 0) == m.reused_tokens for m in measures), name
-        else:  # one context prefill, on turn 0; later turns compute only their own prompt
-            assert all(m.reused_tokens == 0 for m in measures[1:]), name
-        if name == "prefix":
-            assert measures[0].reused_tokens == 0  # the first context of the run has nothing stored yet
-        if name == "cacheblend":
-            assert all(m.recomputed_tokens == math.ceil(0.15 * (m.reused_tokens - 1)) or m.reused_tokens == 0
-                       for m in measures)
-
-
-def test_the_users_example_runs_and_fills_the_reuse_columns(tmp_path):
-    """`cachebench eval --method cacheblend --task multiturn`, one episode, as a user types it."""
-    result = run_cli("eval", "--method", "cacheblend", "--task", "multiturn", "--limit", "1", "--mode",
-                     "multi-request", "--out", str(tmp_path), "-q")
-    assert result.returncode == 0, result.stderr
-    rows = pq.read_table(tmp_path).to_pylist()
-    assert len(rows) == 4 and all(row["error"] is None for row in rows)
+@pytest.mark.parametrize("name", REUSING)
+def test_every_reuse_method_serves_requests_from_its_store_and_reports_it(embedded, tmp_path, name, mode):
+    """A run as `cachebench eval` makes it (rows written, `show` reads them back): in multi-request mode every
+    request's context comes from the store again, so from the second request on most of it is reused; in
+    multi-turn mode the context is prefilled once and later turns reuse nothing. Either way the cache holds the
+    whole request (reuse saves compute, not memory) and the counters agree with each other."""
+    request = EvalRequest(method=name, task="multiturn.passkey", mode=mode, limit=1, context_tokens=256,
+                          max_new_tokens=8, out=tmp_path)
+    outcome = run_eval(request, model=embedded, method=build_method(name, declared(name, SMALL_BLOCKS)))
+    rows = read_results([tmp_path]).to_pylist()
+    assert outcome.errors == 0 and len(rows) == 4 and [row["error"] for row in rows] == [None] * 4
+    assert [row["prediction"] for row in rows] == [row["prediction"] for row in outcome.rows]
+    per_token = kv_bytes_per_token(embedded.config, embedded.dtype)
+    held = 0
     for row in rows:
-        tiers = row["reused_device_tokens"] + row["reused_cpu_tokens"] + row["reused_disk_tokens"]
-        assert row["reused_tokens"] > 0 and tiers == row["reused_tokens"] and row["reuse_load_ms"] >= 0
-        assert 0 < row["recomputed_tokens"] < row["reused_tokens"]
-        assert row["prefill_ms"] > 0 and row["method"] == "cacheblend"
+        assert row["prediction"] and row["output_tokens"] > 0 and row["method"] == name
+        context, reused = row["context_tokens"], row["reused_tokens"]
+        if mode == "multi-request" or row["turn"] == 0:  # this request's context was served by the method
+            assert 0 <= reused < context and 0 <= row["recomputed_tokens"] <= reused, row["turn"]
+            assert row["prefill_ms"] > 0
+            if row["turn"] > 0:  # the same context again: (most of) it comes from the store
+                assert reused >= context // 2, (row["turn"], reused, context)
+        else:
+            assert reused == 0 and row["recomputed_tokens"] == 0, row["turn"]
+        if reused:
+            assert sum(row[f"reused_{tier}_tokens"] for tier in REUSE_TIERS) == reused and row["reuse_load_ms"] >= 0
+        # the cache after the reply: the context, the request (or, multi-turn, every turn so far) and the reply
+        # less its last token where the reply was cut short (never fed; a multi-turn cache takes it with the next
+        # prompt, which counts it again)
+        held = (held if mode == "multi-turn" else 0) + row["prompt_tokens"] + row["output_tokens"]
+        unfed = row["turn"] + 1 if mode == "multi-turn" else 1
+        assert (context + held - unfed) * per_token <= row["kv_bytes"] <= (context + held) * per_token, row["turn"]
+    shown = io.StringIO()
+    show([tmp_path], Console(file=shown, width=250))
+    assert any(line.split()[:1] == [name] for line in shown.getvalue().splitlines()), shown.getvalue()
