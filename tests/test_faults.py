@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, REPO
+from conftest import CLI, REPO, declared, declares, methods_where
 
 from cachebench.results import read_results
 from cachebench.semantic.servers import free_port, redis_reachable
@@ -176,7 +176,8 @@ def crafted_file(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["exact", "threshold", "category-aware", "meancache", "vcache"])
+# every registered semantic method with a per-user scope
+@pytest.mark.parametrize("method", methods_where("semantic", lambda cls: declares(cls, "scope")))
 def test_crafted_user_ids_never_read_another_users_entry(minilm, method: str, tmp_path: Path) -> None:
     """Per-user scope with user ids built to collide: no hit ever serves another user's class."""
     from cachebench.registry import build_method
@@ -184,7 +185,7 @@ def test_crafted_user_ids_never_read_another_users_entry(minilm, method: str, tm
     from cachebench.semantic.evaluate import run_semantic_eval
     from cachebench.taskspec import resolve_tasks
 
-    params = ["scope=user", "index=exact"] + (["threshold=0.5"] if method == "threshold" else [])
+    params = ["scope=user", "index=exact", *declared(method, {"threshold": 0.5})]  # a loose threshold if it has one
     request = EvalRequest(method=method, task="semantic.sembenchmark", data=str(crafted_file(tmp_path)),
                           out=tmp_path / "out", llm_cost="800", params=tuple(params))
     outcome = run_semantic_eval(request, resolve_tasks(request.task), build_method(method, params), embedder=minilm)
