@@ -1,14 +1,17 @@
 """Static-buffer decode (what a CUDA graph replays) against the eager decode, on the real embedded model in fp32:
-the same tokens and logits from a full cache and from caches eviction methods shrank, uniform or per layer."""
+the same tokens and logits from a full cache and from the caches of every method `cachebench perf` serves (methods
+flagged fixed_cache_while_decoding), e.g. those eviction shrank, uniform or per layer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import declared, methods_where
 
 from cachebench.engine.chat import ChatFormat
 from cachebench.engine.session import KVSession, LayerHooks
 from cachebench.engine.static_decode import StaticDecoder, bucketed
+from cachebench.kvcompress.budget import BudgetParams
 from cachebench.models.loading import load_model
 from cachebench.registry import build_method
 
@@ -35,11 +38,19 @@ def prompt_ids(model) -> tuple[list[int], list[int]]:
     return context, query["input_ids"]
 
 
-@pytest.mark.parametrize("method_args", [("full", []), ("snapkv", ["budget=120"]), ("pyramidkv", ["budget=120"]),
-                                         ("streamingllm", ["ratio=0.75"])])
-def test_static_decode_matches_eager_decode(fp32_model, hooks, method_args):
-    name, args = method_args
-    method = build_method(name, args)
+# Every method `cachebench perf` serves: its cache is fixed once the prompt is in, and it reuses no stored KV. A
+# known bug: RazorAttention keeps the flag's default, but its split layers (retrieval heads whole, the others
+# folded) do not load into the static buffers, so `cachebench perf --method razorattention` stops with an error.
+KNOWN_BUGS = {"razorattention": "split RazorLayer caches do not load into StaticDecoder buffers"}
+PERF_SERVED = [pytest.param(name, marks=pytest.mark.xfail(name in KNOWN_BUGS, reason=KNOWN_BUGS.get(name, ""),
+                                                          raises=RuntimeError, strict=True))
+               for name in methods_where("kv", lambda cls: cls.fixed_cache_while_decoding and not cls.reuses_kv)]
+
+
+@pytest.mark.parametrize("name", PERF_SERVED)
+def test_static_decode_matches_eager_decode(fp32_model, hooks, name):
+    method = build_method(name, declared(name, {"budget": 120}))
+    method.attach(fp32_model)
     context, query = prompt_ids(fp32_model)
     session = KVSession(fp32_model, method, hooks if method.uses_layer_hook else None)
     with torch.inference_mode():
@@ -62,7 +73,7 @@ def test_static_decode_matches_eager_decode(fp32_model, hooks, method_args):
     assert static == eager
     for ours, theirs in zip(static_logits, eager_logits, strict=True):
         torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=2e-4)
-    if name != "full":  # the buffers follow the evicted cache, not the context
+    if issubclass(method.Params, BudgetParams):  # the buffers follow the evicted cache, not the context
         assert max(lengths) < len(context) and decoder.capacity < len(context)
     if name == "pyramidkv":
         assert len(set(lengths)) > 1  # layers of different lengths decode from one set of buffers
