@@ -27,7 +27,7 @@ from cachebench.eval_run import EvalRequest, build_episodes
 from cachebench.method import KVMethod
 from cachebench.metrics import get_scorer
 from cachebench.models.loaded import LoadedModel
-from cachebench.models.loading import load_model
+from cachebench.models.loading import load_model, resolve_dtype
 from cachebench.params import param
 from cachebench.registry import method_class, method_names, method_track
 from cachebench.taskspec import resolve_tasks
@@ -39,6 +39,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 _SCRIPT = Path(sys.executable).parent / "cachebench"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cachebench.cli"]
+
+
+# What `--dtype auto` loads on this CPU (bf16 only with AVX-512), so byte counts and dtype columns are checked on
+# any machine.
+AUTO_DTYPE = resolve_dtype("auto", torch.device("cpu"))
+AUTO_DTYPE_NAME = str(AUTO_DTYPE).removeprefix("torch.")
 
 
 def methods_where(track: str, predicate: Callable[[type], bool] = lambda cls: True) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, REPO, assert_usage_error, run_cli
+from conftest import AUTO_DTYPE, AUTO_DTYPE_NAME, CLI, REPO, assert_usage_error, run_cli
 
 from cachebench.models.embedded import converted_dir
 from cachebench.results import REUSE_COLUMNS, SCHEMA, SCHEMA_VERSION, SEMANTIC_COLUMNS
@@ -44,11 +44,11 @@ def test_eval_writes_every_documented_column_typed_and_filled(tmp_path):
     for row in rows:
         assert row["model"] == "SmolLM2-135M-Instruct" and row["model_weights"] == "pretrained"
         assert row["task"] == "multiturn.passkey" and row["method"] == "full" and row["method_params"] == "{}"
-        assert row["mode"] == "multi-turn" and row["truncation"] == "none" and row["dtype"] == "bfloat16"
+        assert row["mode"] == "multi-turn" and row["truncation"] == "none" and row["dtype"] == AUTO_DTYPE_NAME
         assert row["score"] in (0.0, 1.0) and row["metric"] == "first_int"
         assert row["kv_bytes"] > 0 and row["context_tokens"] > 400 and row["output_tokens"] > 0
-        # the full cache peaks at the whole context: 30 layers x K and V x 3 heads x 64 dims x 2 bytes per token
-        assert row["peak_kv_bytes"] == row["context_tokens"] * 30 * 2 * 3 * 64 * 2
+        # the full cache peaks at the whole context: 30 layers x K and V x 3 heads x 64 dims x bytes per value
+        assert row["peak_kv_bytes"] == row["context_tokens"] * 30 * 2 * 3 * 64 * AUTO_DTYPE.itemsize
         assert row["ttft_ms"] > 0 and row["prefill_ms"] > 0 and row["ttft_ms"] < row["prefill_ms"]
         assert math.isnan(row["decode_ms_per_token"]) or row["decode_ms_per_token"] > 0
         assert row["git_sha"] and row["hardware"] and row["run_id"] in path.name

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import run_task
 
-from cachebench.baselines.kv.cake import CAKE, CAKEParams, allocate_budgets, layer_preference
+from cachebench.baselines.kv.cake import CAKE, CAKEParams, layer_preference
 from cachebench.engine.session import LayerCall
-from cachebench.kvcompress.evictor import eviction_state
+from cachebench.kvcompress.evictor import layer_references, layer_targets
+from cachebench.kvcompress.layer_budget import allocate_budgets
 
 KV_HEADS, Q_HEADS, DIM, HIDDEN = 2, 6, 8, 16
 
@@ -162,7 +163,7 @@ def test_cascade_budgets_invariant_and_multi_turn_targets():
 
     total = n_layers * method.params.kept(length)
     assert max(held_log) <= total  # the cascade never holds more than the total budget
-    targets = [eviction_state(SimpleNamespace(state=state))["target"][i] for i in range(n_layers)]
+    targets = [layer_targets(state)[i] for i in range(n_layers)]
     assert sum(targets) == total and len(set(targets)) > 1
 
     # Independent replay: preferences from each layer's own window, sliced once at the end (the cascade keeps a
@@ -200,8 +201,7 @@ def test_embedded_smoke(embedded, compression):
         def on_layer(self, call: LayerCall) -> None:
             super().on_layer(call)
             if call.phase != "decode" and call.layer_idx == len(call.cache.layers) - 1:
-                state = eviction_state(call)
-                seen.append((dict(state["target"]), dict(state["reference"])))
+                seen.append((layer_targets(call.state), layer_references(call.state)))
 
     _, measures, _ = run_task(embedded, Probe(CAKEParams()), episodes=1, context_tokens=256, compression=compression)
     targets, references = next(t for t in seen if t[0])
@@ -209,5 +209,5 @@ def test_embedded_smoke(embedded, compression):
     assert sum(targets.values()) == 30 * CAKEParams().kept(references[0])
     for m in measures:
         assert "".join(ch for ch in m.prediction if ch.isdigit())  # an answer, with a pass key in it
-        full_bytes = 30 * 2 * 3 * 64 * 2 * (m.context_tokens + m.prompt_tokens)
+        full_bytes = 30 * 2 * 3 * 64 * embedded.dtype.itemsize * (m.context_tokens + m.prompt_tokens)
         assert m.kv_bytes < 0.8 * full_bytes

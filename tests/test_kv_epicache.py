@@ -169,7 +169,7 @@ def test_runs_through_the_runner_in_both_modes(embedded, mode):
 
 
 def test_cli_runs_epicache_on_longconvqa_and_show_breaks_down_by_type(tmp_path):
-    from conftest import run_cli
+    from conftest import AUTO_DTYPE, run_cli
 
     result = run_cli("eval", "--method", "epicache", "--task", "longconvqa", "--context-tokens", "512", "--limit", "1",
                      "--param", "block=128", "--param", "ratio=0.75", "--out", str(tmp_path), "--quiet")
@@ -178,7 +178,7 @@ def test_cli_runs_epicache_on_longconvqa_and_show_breaks_down_by_type(tmp_path):
     rows = pq.read_table(path).to_pylist()
     assert {r["category"] for r in rows} == {"single-session", "multi-session", "temporal", "knowledge-update",
                                              "abstention"}
-    whole_context = rows[0]["context_tokens"] * 30 * 2 * 3 * 64 * 2  # bf16 bytes of the full cache
+    whole_context = rows[0]["context_tokens"] * 30 * 2 * 3 * 64 * AUTO_DTYPE.itemsize  # bytes of the full cache
     assert all(r["error"] is None and r["method"] == "epicache" for r in rows)
     assert all(r["peak_kv_bytes"] < 0.35 * whole_context for r in rows)  # 25% kept + a block and the patch in one layer
     shown = run_cli("show", str(tmp_path))

@@ -21,6 +21,7 @@ from cachebench.baselines.kv.razorattention import (
     window_for,
 )
 from cachebench.engine.session import KVSession, LayerHooks
+from cachebench.kvcompress.evictor import layer_targets
 
 Q_HEADS, KV_HEADS, DIM = 6, 2, 8
 GROUPS = Q_HEADS // KV_HEADS
@@ -195,7 +196,7 @@ def test_embedded_retrieval_heads_keep_everything_and_compressed_heads_refold(em
                     assert not layer.is_split and layer.keys.shape[2] == 160
                     held += kv * 160
                     continue
-                window = session.state["eviction"]["target"][idx]
+                window = layer_targets(session.state)[idx]
                 assert layer.retrieval == retrieval and layer.keys.shape[2] == 160
                 assert layer.ckeys.shape[2] == method.params.sinks + 1 + window
                 assert layer.count == 160 - method.params.sinks - window
@@ -216,7 +217,7 @@ def test_embedded_retrieval_heads_keep_everything_and_compressed_heads_refold(em
             session.forward(ids[190:200], "query")  # the follow-up refolds the 30 + 3 entries beyond the window
             for idx, layer in enumerate(session.cache.layers):
                 if layer.is_split:
-                    window = session.state["eviction"]["target"][idx]
+                    window = layer_targets(session.state)[idx]
                     assert layer.keys.shape[2] == 203 and layer.count == before[idx] + 33
                     assert layer.ckeys.shape[2] == method.params.sinks + 1 + window + 10
             assert method.kv_bytes(session.cache) == stored_bytes(session.cache)
@@ -230,6 +231,7 @@ def test_e2e_smoke(embedded, method, compression):
     assert measures and all(m.output_tokens > 0 for m in measures)
     assert all(m.kv_bytes > 0 for m in measures) and len(scores) == len(measures)
     cfg = embedded.config
-    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * embedded.dtype.itemsize
     first = measures[0]  # bf16 keys + values of every layer and KV head, were nothing compressed
     assert first.kv_bytes < per_token * (first.context_tokens + first.prompt_tokens + first.output_tokens) * 0.75

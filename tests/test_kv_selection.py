@@ -4,13 +4,14 @@ written here with loops over heads and tokens, on small random tensors with GQA 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cachebench.baselines.kv.h2o import h2o_keep
 from cachebench.baselines.kv.pyramidkv import pyramid_budgets
-from cachebench.baselines.kv.snapkv import snapkv_keep
+from cachebench.baselines.kv.snapkv import SnapKV, SnapKVParams
 from cachebench.baselines.kv.streamingllm import streaming_keep
 from cachebench.kvcompress.attention import accumulated_attention
 
@@ -36,6 +37,11 @@ def window_probs(keys, queries, kv_head, q_head, i):
     visible = length - w + i + 1
     logits = [float(queries[0, q_head, i] @ keys[0, kv_head, j]) / math.sqrt(DIM) for j in range(visible)]
     return softmax(logits) + [0.0] * (length - visible)
+
+
+def snapkv_keep(keys: torch.Tensor, queries: torch.Tensor, keep: int, kernel: int) -> torch.Tensor:
+    """SnapKV's selection as the schedule makes it: its score, the window protected, the top kept."""
+    return SnapKV(SnapKVParams(kernel=kernel)).select(SimpleNamespace(module=SimpleNamespace()), keys, queries, keep)
 
 
 def paper_snapkv(keys, queries, keep, kernel):
@@ -119,3 +125,4 @@ def test_h2o_matches_the_paper(seed):
     summed = accumulated_attention(queries, keys, max_elements=Q_HEADS * 36 * 5)  # forces several chunks
     scores = summed.reshape(1, KV_HEADS, Q_HEADS // KV_HEADS, -1).sum(dim=2)
     assert h2o_keep(scores, keep=14, recent=6).tolist()[0] == paper_h2o(keys, queries, keep=14, recent=6)
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cli
+from conftest import AUTO_DTYPE, AUTO_DTYPE_NAME, run_cli
 
 from cachebench.errors import UsageError
 
@@ -95,8 +95,8 @@ def test_a_plugin_method_and_task_run_and_read_like_built_ins(plugin, tmp_path):
     rows = rows_of(tmp_path / "a")
     assert len(rows) == 4 and {r["method"] for r in rows} == {"knorm"} and {r["task"] for r in rows} == {"mine.passkey"}
     assert all(r["error"] is None for r in rows) and json.loads(rows[0]["cell_params"])["ratio"] == 0.5
-    per_token = 30 * 2 * 3 * 64 * 2  # SmolLM2-135M in bf16: layers x (K, V) x KV heads x head dim x bytes
-    assert all(r["dtype"] == "bfloat16" and r["kv_bytes"] < 0.75 * r["context_tokens"] * per_token for r in rows)
+    per_token = 30 * 2 * 3 * 64 * AUTO_DTYPE.itemsize  # SmolLM2-135M: layers x (K, V) x KV heads x head dim x bytes
+    assert all(r["dtype"] == AUTO_DTYPE_NAME and r["kv_bytes"] < 0.75 * r["context_tokens"] * per_token for r in rows)
     again = run_cli("eval", "--method", "knorm", "--task", "mine.passkey", "--include-path", str(plugin / "tasks"),
                     "--param", "ratio=0.5", "--limit", "2", "--out", str(tmp_path / "b"), "--quiet", env=env)
     assert again.returncode == 0, again.stderr  # the installed entry point and the included task folder

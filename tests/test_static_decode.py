@@ -38,13 +38,8 @@ def prompt_ids(model) -> tuple[list[int], list[int]]:
     return context, query["input_ids"]
 
 
-# Every method `cachebench perf` serves: its cache is fixed once the prompt is in, and it reuses no stored KV. A
-# known bug: RazorAttention keeps the flag's default, but its split layers (retrieval heads whole, the others
-# folded) do not load into the static buffers, so `cachebench perf --method razorattention` stops with an error.
-KNOWN_BUGS = {"razorattention": "split RazorLayer caches do not load into StaticDecoder buffers"}
-PERF_SERVED = [pytest.param(name, marks=pytest.mark.xfail(name in KNOWN_BUGS, reason=KNOWN_BUGS.get(name, ""),
-                                                          raises=RuntimeError, strict=True))
-               for name in methods_where("kv", lambda cls: cls.fixed_cache_while_decoding and not cls.reuses_kv)]
+# Every method `cachebench perf` serves: its cache is fixed once the prompt is in, and it reuses no stored KV.
+PERF_SERVED = methods_where("kv", lambda cls: cls.fixed_cache_while_decoding and not cls.reuses_kv)
 
 
 @pytest.mark.parametrize("name", PERF_SERVED)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachebench.method import LayerCall
+from cachebench.engine.session import LayerCall
 from cachebench.params import param
 
 from .snapkv import SnapKV, SnapKVParams

@@ -43,11 +43,10 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from cachebench.engine.session import attention_modules
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.budget import BudgetParams
-from cachebench.kvcompress.evictor import EvictionMethod, eviction_state
-from cachebench.kvcompress.queries import apply_rope, project_queries, raw_projection
-from cachebench.method import LayerCall
+from cachebench.kvcompress.evictor import EvictionMethod, held_length
+from cachebench.models.anatomy import attention_modules, project_keys, project_queries
 from cachebench.params import param
 
 
@@ -121,11 +120,6 @@ def retrieval_kv_heads(echo: torch.Tensor, induction: torch.Tensor, echo_fractio
     chosen = top_heads(echo, echo_fraction) | top_heads(induction, induction_fraction)
     return {layer: tuple(sorted({h // groups for (lay, h) in chosen if lay == layer}))
             for layer in range(echo.shape[0])}
-
-
-def project_keys(module: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Post-RoPE keys (batch, kv_heads, tokens, head_dim) of a Llama-style attention module."""
-    return apply_rope(raw_projection(module, hidden, "k"), cos, sin)
 
 
 def score_heads(model: Any, ids: list[int], offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +301,9 @@ class RazorAttention(EvictionMethod):
     summary = "Retrieval heads (echo/induction probe) keep all; others sinks + window + compensation token (Tang 2024)."
     Params = RazorParams
     uses_queries = False
+    # its KV heads hold different lengths once split, and static decode buffers hold one length per layer:
+    # it decodes through the model's own forward (`cachebench perf` refuses it in one line)
+    fixed_cache_while_decoding = False
 
     def __init__(self, params: RazorParams) -> None:
         super().__init__(params)
@@ -348,21 +345,13 @@ class RazorAttention(EvictionMethod):
             call.attention_mask = razor_mask(layer, call.module.config.num_attention_heads, hidden.shape[1],
                                              hidden.device, dtype)
 
-    def on_layer(self, call: LayerCall) -> None:
-        """EvictionMethod's schedule: query-agnostic compresses the context as it ends and, later, all but the new
-        prompt; query-aware compresses everything at each question prompt. Decoding only appends."""
+    def compress(self, call: LayerCall, end: int, window_inputs: Any) -> None:
+        """The schedule's compression step in this method's storage: the compressed heads brought back to sinks +
+        compensation token + window, every entry after `end` (the new prompt, query-agnostic) kept whole."""
         layer = call.cache.layers[call.layer_idx]
-        if call.phase == "decode":
-            return
-        new = call.hidden_states.shape[1]
-        if call.query_aware:
-            if call.phase != "context":
-                self._compress(call, layer, tail=0)
-        else:
-            held = max(layer.head_lengths()) if layer.is_split else layer.keys.shape[2]
-            self._compress(call, layer, tail=0 if held == new else new)
+        self._fold(call, layer, tail=held_length(layer) - end)
 
-    def _compress(self, call: LayerCall, layer: RazorLayer, tail: int) -> None:
+    def _fold(self, call: LayerCall, layer: RazorLayer, tail: int) -> None:
         """Bring the compressed heads back to sinks + compensation token + window, the `tail` newest kept whole."""
         retrieval = self.retrieval[call.layer_idx]
         if len(retrieval) >= layer.keys.shape[1] and not layer.is_split:
@@ -374,5 +363,5 @@ class RazorAttention(EvictionMethod):
                 return
             layer.split(retrieval, self.params.sinks)
         layer.fold(window, tail)
-        stats = eviction_state(call).setdefault("razor", {})
+        stats = call.state.setdefault("razor", {})
         stats[call.layer_idx] = {"retrieval": len(retrieval), "window": window, "count": layer.count}

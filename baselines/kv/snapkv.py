@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.attention import group_reduce, window_attention
 from cachebench.kvcompress.budget import BudgetParams
-from cachebench.kvcompress.evictor import EvictionMethod, protect
-from cachebench.kvcompress.prune import top_k_sorted
-from cachebench.method import LayerCall
+from cachebench.kvcompress.evictor import EvictionMethod
 from cachebench.params import param
 
 
@@ -45,27 +44,13 @@ def snapkv_scores(keys: torch.Tensor, queries: torch.Tensor, kernel: int, poolin
     return votes
 
 
-def snapkv_keep(keys: torch.Tensor, queries: torch.Tensor, keep: int, kernel: int = 7, pooling: str = "avg",
-                scaling: float | None = None) -> torch.Tensor:
-    """SnapKV's selection: indices (batch, kv_heads, keep) among the L entries of `keys`, the window kept first
-    (what EvictionMethod.select does with SnapKV.score)."""
-    return top_k_sorted(protect(snapkv_full_scores(keys, queries, kernel, pooling, scaling), 0, queries.shape[2]),
-                        keep)
-
-
-def snapkv_full_scores(keys: torch.Tensor, queries: torch.Tensor, kernel: int, pooling: str = "avg",
-                       scaling: float | None = None) -> torch.Tensor:
-    """snapkv_scores for every entry (batch, kv_heads, L): the window's own entries score 0 (the base protects
-    them)."""
-    scores = snapkv_scores(keys, queries, kernel, pooling, scaling)
-    return F.pad(scores, (0, keys.shape[2] - scores.shape[-1]))
-
-
 class SnapKV(EvictionMethod):
     name = "snapkv"
     summary = "Observation-window attention, pooled, top-k per KV head; the window is kept (Li et al., 2024)."
     Params = SnapKVParams
 
     def score(self, call: LayerCall, keys: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
-        return snapkv_full_scores(keys, queries, self.params.kernel, self.params.pooling,
-                                  getattr(call.module, "scaling", None))
+        """The pooled votes of every prefix entry; the window's own entries score 0 (the base keeps them)."""
+        votes = snapkv_scores(keys, queries, self.params.kernel, self.params.pooling,
+                              getattr(call.module, "scaling", None))
+        return F.pad(votes, (0, keys.shape[2] - votes.shape[-1]))

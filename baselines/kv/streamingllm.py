@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod, protect
 from cachebench.kvcompress.prune import top_k_sorted
-from cachebench.method import LayerCall
 from cachebench.params import param
 
 

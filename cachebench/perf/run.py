@@ -138,8 +138,9 @@ def build_methods(specs: tuple[str, ...], params: tuple[str, ...]) -> list[KVMet
     for name, assignments in chosen:
         method = build_method(name, assignments)
         if method.reuses_kv or not method.fixed_cache_while_decoding:
-            raise UsageError(f"--method {name}: its decode changes the cache every step or it reuses stored "
-                             "KV; perf serves methods that shape the cache at prefill")
+            raise UsageError(f"--method {name}: its cache does not fit static decode buffers (it changes while "
+                             "decoding, its heads hold different lengths, or it reuses stored KV); perf serves "
+                             "methods that shape the cache at prefill")
         built.append(method)
     return built
 
