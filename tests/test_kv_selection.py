@@ -46,7 +46,8 @@ def snapkv_keep(keys: torch.Tensor, queries: torch.Tensor, keep: int, kernel: in
 
 def paper_snapkv(keys, queries, keep, kernel):
     """SnapKV (Li et al., 2024), Algorithm 1: sum the window's attention over the prefix, average the query heads
-    that share a KV head, pool with a kernel (average over the positions inside the sequence), top-k plus window."""
+    that share a KV head, pool with a kernel (the sum of the positions inside the sequence over the whole kernel, as
+    the authors' code pads with zeros), top-k plus window."""
     length, w = keys.shape[2], queries.shape[2]
     group = Q_HEADS // KV_HEADS
     kept = []
@@ -60,7 +61,7 @@ def paper_snapkv(keys, queries, keep, kernel):
         pooled = []
         for j in range(length - w):
             around = [votes[t] for t in range(j - kernel // 2, j + kernel // 2 + 1) if 0 <= t < length - w]
-            pooled.append(sum(around) / len(around))
+            pooled.append(sum(around) / kernel)
         best = sorted(range(length - w), key=lambda j: -pooled[j])[: keep - w]
         kept.append(sorted(best) + list(range(length - w, length)))
     return kept
@@ -126,3 +127,20 @@ def test_h2o_matches_the_paper(seed):
     scores = summed.reshape(1, KV_HEADS, Q_HEADS // KV_HEADS, -1).sum(dim=2)
     assert h2o_keep(scores, keep=14, recent=6).tolist()[0] == paper_h2o(keys, queries, keep=14, recent=6)
 
+
+def test_a_ratio_budget_is_truncated_as_the_reference_code_sizes_it():
+    from cachebench.kvcompress.budget import BudgetParams
+
+    assert BudgetParams(ratio=0.5).kept(7) == 3  # int(3.5), not round-half-even's 4
+    assert BudgetParams(ratio=0.9).kept(100) == 10  # exactly 10, though 100 * (1 - 0.9) is 9.999... in floating point
+    assert BudgetParams(ratio=0.75).kept(9) == 2 and BudgetParams(ratio=0.9).kept(5) == 1  # never below one
+
+
+def test_snapkv_pooling_counts_the_padding_at_the_edges():
+    from cachebench.baselines.kv.snapkv import snapkv_scores
+
+    keys, queries = random_qk(length=12, window=2, seed=4)
+    pooled = snapkv_scores(keys, queries, kernel=3)
+    raw = snapkv_scores(keys, queries, kernel=1)
+    assert torch.allclose(pooled[..., 0], (raw[..., 0] + raw[..., 1]) / 3)  # the whole kernel divides, pads are 0
+    assert torch.allclose(pooled[..., 5], raw[..., 4:7].sum(-1) / 3)

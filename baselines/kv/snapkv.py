@@ -3,7 +3,9 @@ for Before Generation", arXiv:2404.14469).
 
 The last `window` prompt tokens' attention onto the earlier tokens is summed over the window, smoothed by a 1-D
 pooling along the sequence (so neighbours of a hit survive with it), and the top entries per KV head are kept
-together with the window itself. With GQA the scores of the query heads sharing a KV head are averaged.
+together with the window itself. With GQA the scores of the query heads sharing a KV head are averaged. As in the
+authors' code and kvpress, average pooling divides by the whole kernel at the edges of the prefix (the zero padding
+counts), so the first and last kernel // 2 entries score lower than a pooling over real entries only would give.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ def snapkv_scores(keys: torch.Tensor, queries: torch.Tensor, kernel: int, poolin
     if kernel > 1 and votes.shape[-1] > 0:
         pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
         flat = votes.reshape(-1, 1, votes.shape[-1])
-        kwargs = {"count_include_pad": False} if pooling == "avg" else {}
-        flat = pool(flat, kernel_size=kernel, stride=1, padding=kernel // 2, **kwargs)
+        flat = pool(flat, kernel_size=kernel, stride=1, padding=kernel // 2)
         votes = flat.reshape(votes.shape)
     return votes
 

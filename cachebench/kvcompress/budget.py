@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cachebench.params import MAX_TOKENS, param
@@ -26,7 +27,8 @@ class BudgetParams:
             object.__setattr__(self, "ratio", DEFAULT_RATIO)
 
     def kept(self, tokens: int) -> int:
-        """Tokens to keep out of `tokens` (at least one)."""
+        """Tokens to keep out of `tokens` (at least one): n·(1−ratio) truncated, as the SnapKV authors' code and
+        kvpress size a budget, computed exactly (in floating point 100·(1−0.9) is 9.999…, which would keep 9)."""
         if self.budget is not None:
             return max(1, min(tokens, self.budget))
-        return max(1, round(tokens * (1.0 - self.ratio)))
+        return max(1, math.floor(tokens * (1.0 - self.ratio) + 1e-9))
