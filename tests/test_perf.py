@@ -10,12 +10,14 @@ import math
 import re
 
 import pytest
-from conftest import REPO, assert_usage_error, run_cli
+from conftest import AUTO_DTYPE, REPO, assert_usage_error, run_cli
 
 from cachebench.results import read_results
 
-LAYERS, KV_HEADS, HEAD_DIM = 2, 3, 64  # the tiny shape's cache: bf16 K and V per token in every layer
-BYTES_PER_TOKEN = LAYERS * 2 * KV_HEADS * HEAD_DIM * 2
+LAYERS, KV_HEADS, HEAD_DIM = 2, 3, 64  # the tiny shape's cache: K and V per token in every layer
+# --dtype auto: bf16 with AVX-512, else fp32 (bf16 matmuls without it are slow); sizes follow what it picks here
+BYTES_PER_TOKEN = LAYERS * 2 * KV_HEADS * HEAD_DIM * AUTO_DTYPE.itemsize
+BUDGET_GIB = 0.04 * AUTO_DTYPE.itemsize  # weights and caches both scale with the dtype
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def small(model: str) -> list[str]:
-    """bf16 on every CPU (auto picks it only with AVX-512), so byte counts and the memory budget are fixed."""
-    return ["perf", "--model", model, "--dtype", "bfloat16", "--repeats", "2", "--decode-steps", "2", "--bucket", "64"]
+    return ["perf", "--model", model, "--repeats", "2", "--decode-steps", "2", "--bucket", "64"]
 
 
 def table_rows(stdout: str) -> list[dict[str, str]]:
@@ -105,7 +106,7 @@ def test_memory_budget_fits_more_sequences_of_a_smaller_cache(tmp_path, tiny):
     """The shorthand name:k=v form sets one method's parameters; a quarter of the cache fits about 3-4x the batch."""
     out = tmp_path / "perf.json"
     result = run_cli(*small(tiny), "--repeats", "1", "--method", "full", "--method", "snapkv:ratio=0.75",
-                     "--context", "2048", "--memory-budget-gib", "0.08", "--json", str(out), "--quiet")
+                     "--context", "2048", "--memory-budget-gib", str(BUDGET_GIB), "--json", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "started" not in result.stderr  # --quiet: no progress lines
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
