@@ -46,6 +46,7 @@ from transformers.cache_utils import DynamicLayer
 from cachebench.engine.session import LayerCall
 from cachebench.kvcompress.budget import BudgetParams
 from cachebench.kvcompress.evictor import EvictionMethod, held_length
+from cachebench.kvcompress.ragged import ragged_mask
 from cachebench.models.anatomy import attention_modules, project_keys, project_queries
 from cachebench.params import param
 
@@ -267,24 +268,17 @@ class RazorLayer(DynamicLayer):
 def razor_mask(layer: RazorLayer, q_heads: int, new: int, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Additive mask (1, q_heads, new, P) for a split layer about to append `new` tokens: each head sees its own
-    entries causally, padding is -inf, and the compensation token of the compressed heads gets + log(count)."""
+    entries causally, padding is -inf (ragged_mask), and the compensation token of the compressed heads gets
+    + log(count)."""
     full_len, comp_len = layer.head_lengths()
     kv_heads = len(layer.retrieval) + len(layer.compressed)
-    lengths = torch.zeros(kv_heads, dtype=torch.long)
-    lengths[list(layer.retrieval)] = full_len
-    lengths[list(layer.compressed)] = comp_len
-    lengths = lengths.repeat_interleave(q_heads // kv_heads).view(q_heads, 1, 1)
-    width = max(full_len, comp_len) + new
-    rows = torch.arange(new).view(1, new, 1)
-    cols = torch.arange(width).view(1, 1, width)
-    mask = torch.zeros(q_heads, new, width)
-    mask.masked_fill_(cols > lengths + rows, float("-inf"))
+    lengths = [full_len if h in layer.retrieval else comp_len for h in range(kv_heads)]
+    mask = ragged_mask(lengths, q_heads, new)
     if layer.count:
         is_comp = torch.zeros(kv_heads, dtype=torch.bool)
         is_comp[list(layer.compressed)] = True
-        is_comp = is_comp.repeat_interleave(q_heads // kv_heads)
-        mask[is_comp, :, layer.sinks] += math.log(layer.count)
-    return mask.unsqueeze(0).to(device=device, dtype=dtype)
+        mask[0, is_comp.repeat_interleave(q_heads // kv_heads), :, layer.sinks] += math.log(layer.count)
+    return mask.to(device=device, dtype=dtype)
 
 
 def window_for(heads: int, retrieval: int, reference: int, kept: int, sinks: int, min_window: int) -> int:

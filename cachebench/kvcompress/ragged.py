@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from cachebench.kvcompress.prune import gather_tokens
+
 
 class RaggedLayer(DynamicLayer):
     """Before `split`, a DynamicLayer; after, `head_keys[h]` / `head_values[h]` (batch, length_h, head_dim) per KV
@@ -111,7 +113,7 @@ def ragged_mask(lengths: list[int], q_heads: int, new: int, device: torch.device
 
 def _gather(head: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """(batch, L, d) at (batch, k) indices -> a new contiguous (batch, k, d)."""
-    return head.gather(1, indices.unsqueeze(-1).expand(-1, -1, head.shape[-1])).contiguous()
+    return gather_tokens(head.unsqueeze(1), indices.unsqueeze(1)).squeeze(1)
 
 
 def _padded(heads: list[torch.Tensor]) -> torch.Tensor:
