@@ -35,7 +35,7 @@ fi
 if [ "$part" = all ] || [ "$part" = eval ]; then
 echo "## 3. every method on CUDA"
 site="$PWD"
-cd /tmp  # the installed package, not the checkout's cachebench/ folder (which lacks the tasks/baselines mapping)
+cd /tmp  # the installed package, as a user's GPU box runs it, not the checkout
 for method in full streamingllm h2o snapkv pyramidkv cake windowkv tokenselect razorattention \
               prefix naive-concat kvlink cacheblend; do
   python3 -m cachebench.cli eval --method "$method" --task multiturn.passkey --model random:smollm2-135m \

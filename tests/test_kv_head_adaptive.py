@@ -84,6 +84,8 @@ class AdaSnapKV(SnapKV):
 def test_the_piece_refuses_what_it_cannot_combine_with():
     with pytest.raises(TypeError, match="head-adaptive"):
         type("Broken", (EvictionMethod,), {"adapts_head_budgets": True, "evicts_while_decoding": True})
+    with pytest.raises(TypeError, match="cascade"):
+        type("Broken", (EvictionMethod,), {"cascades_budgets": True, "accumulates_attention": True})
     assert AdaSnapKV.fixed_cache_while_decoding is False
 
 

@@ -122,6 +122,9 @@ class EvictionMethod(KVMethod):
                                         or cls.cascades_budgets):
             raise TypeError(f"{cls.__qualname__}: head-adaptive budgets combine with score(), select() and "
                             "layer_target(), not with accumulated attention, decode-time eviction or a cascade")
+        if cls.cascades_budgets and cls.accumulates_attention:
+            raise TypeError(f"{cls.__qualname__}: the cascade slices earlier layers by their ranking alone and would "
+                            "leave accumulated attention out of step with the cache")
         if cls.evicts_while_decoding or cls.adapts_head_budgets:
             # static decode buffers hold one length per layer: a cache that shrinks while decoding, or whose heads
             # hold different lengths, decodes through the model's own forward
