@@ -131,6 +131,16 @@ def eval_command(
     llm_cost_ms: Annotated[str | None, typer.Option(help="Semantic caches: the LLM's cost per request in ms, one "
                                                          "number or category=ms pairs (default: measured with "
                                                          "--model).")] = None,
+    pair_protocol: Annotated[str | None, typer.Option(help="Semantic pair tasks: retrieval (insert every first "
+                                                           "item, then look up every second) or pairwise (each pair "
+                                                           "on its own); default: the task's.")] = None,
+    embedding: Annotated[str, typer.Option(help="Semantic caches: online (each request embedded when it arrives, "
+                                                "timed per request) or precomputed (one batch up front, its mean "
+                                                "time charged to each request).")] = "online",
+    embed_batch: Annotated[int, typer.Option(help="Semantic caches, online embedding: requests embedded together, "
+                                                  "as a serving system's micro-batch.")] = 1,
+    requests: Annotated[int | None, typer.Option(help="Generated semantic tasks: how many requests (pairs) to "
+                                                      "generate; classes and users scale with it.")] = None,
     include_path: Annotated[list[str] | None, typer.Option(help="A folder of your own task YAMLs (searched "
                                                                 "recursively); repeatable.")] = None,
     model_args: Annotated[list[str] | None, typer.Option(help="key=value settings for the model's "
@@ -155,7 +165,8 @@ def eval_command(
         attn_impl=attn_impl, mode=mode, golden_history=golden_history, context_tokens=context_tokens, limit=limit,
         seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
         compression=compression, embedder=embedder, llm_cost=llm_cost_ms, include_path=tuple(include_path or ()),
-        model_args=tuple(model_args or ()),
+        model_args=tuple(model_args or ()), pair_protocol=pair_protocol, embedding=embedding,
+        embed_batch=embed_batch, requests=requests,
     )
     console = Console(stderr=True)
     progress = None if quiet else _RichProgress(console)

@@ -65,6 +65,11 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
         raise UsageError(f"--limit must be at most {MAX_LIMIT}, got {request.limit}")
     if not 0 <= request.seed <= INT64_MAX:
         raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
+    for name, given in (("--pair-protocol", request.pair_protocol is not None),
+                        ("--embedding", request.embedding != "online"), ("--embed-batch", request.embed_batch != 1),
+                        ("--requests", request.requests is not None)):
+        if given:
+            raise UsageError(f"{name} applies to semantic caches; method {request.method!r} is a KV-cache method")
     specs = resolve_tasks(request.task, request.include_path)
     semantic = [spec.name for spec in specs if spec.track == "semantic"]
     if semantic:

@@ -46,6 +46,11 @@ class EvalRequest:
     llm_cost: str | None = None  # semantic track: LLM cost per request in ms ("800" or "code=900,factual=400")
     include_path: tuple[str, ...] = ()  # folders of the user's own task YAMLs (--include-path)
     model_args: tuple[str, ...] = ()  # key=value settings passed to the model's from_pretrained (--model-args)
+    # semantic track only (a KV task refuses them in one line)
+    pair_protocol: str | None = None  # pair tasks: retrieval or pairwise (None: the task's own)
+    embedding: str = "online"  # online: each request embedded as it arrives; precomputed: one batch up front
+    embed_batch: int = 1  # online mode: requests embedded together, as a serving system's micro-batch
+    requests: int | None = None  # generated semantic tasks: requests (pairs) to generate (None: the task's)
 
 
 @dataclass
