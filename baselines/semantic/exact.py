@@ -1,9 +1,11 @@
 """`exact`: serve a stored response only for the same text after normalisation (case, whitespace, surrounding
 punctuation) — a hash lookup, the floor any semantic cache must beat on hit rate and the ceiling on precision.
 
-Entries still go into the index like any method's (so a remote store holds them the same way), but a hit comes
-from the normalised-text table alone; the nearest neighbour is still searched, so scoring can tell a miss that a
-semantic cache would have turned into a correct hit (FN) from one it would not (TN).
+It never embeds: a request's text is all it needs, so the runner computes no vector for it (its rows carry no
+embedding cost) and its entries go into the document store only. Scoring still tells a miss that a semantic
+cache could have turned into a correct hit (FN) from one it could not (TN): the runner judges that from the
+entries the cache holds, not from a nearest neighbour. Chroma, which stores documents only beside vectors, is
+refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from cachebench.errors import UsageError
 from cachebench.semantic.method import Decision, Query, SemanticMethod
 
 _SPACE = re.compile(r"\s+")
@@ -35,21 +38,22 @@ def text_key(partition: str, text: str) -> str:
 
 class ExactCache(SemanticMethod):
     name = "exact"
-    summary = "serve only the same normalised text (a hash lookup)"
+    summary = "serve only the same normalised text (a hash lookup; never embeds)"
+    uses_embeddings = False
 
     def open(self, dim: int, namespace: str) -> None:
+        if self.params.store == "chroma":
+            raise UsageError("exact with store=chroma: Chroma keeps documents only beside vectors, and the exact "
+                             "cache stores none; use store=sqlite, memory or redis")
         super().open(dim, namespace)
         self._by_text: dict[str, int] = {}
 
     def lookup(self, query: Query) -> Decision:
-        partition = self.partition_for(query)
-        found = self.neighbours(query, k=1)
-        key = self._by_text.get(text_key(partition, query.prompt))
+        key = self._by_text.get(text_key(self.partition_for(query), query.prompt))
         meta = self.meta.get(key) if key is not None else None
-        if meta is not None:
-            similarity = float(query.embedding @ query.embedding)  # the same text embeds to the same vector
-            return self.serve(meta, similarity, query)
-        return self.miss(found[0] if found else None, "no-exact-match")
+        if meta is not None and (meta.expires is None or query.timestamp <= meta.expires):
+            return self.serve(meta, 1.0, query)  # the same normalised text: similarity 1 by definition
+        return self.miss(None, "no-exact-match")
 
     def record_miss(self, query: Query, response: str, decision: Decision) -> int | None:
         key = self.insert(query, response)

@@ -56,7 +56,7 @@ class Query:
     """A request as the cache sees it."""
 
     prompt: str
-    embedding: np.ndarray  # unit vector
+    embedding: np.ndarray | None  # unit vector; None for a method that keys by text alone (uses_embeddings False)
     category: str
     user: str
     timestamp: float  # the stream's clock, seconds
@@ -99,6 +99,9 @@ class SemanticMethod:
     summary: ClassVar[str]
     track: ClassVar[str] = "semantic"
     Params: ClassVar[type] = SemanticParams
+    # False for a method that decides by text alone: the runner then never embeds a request for it (no embedding
+    # cost in its rows), its entries hold no vector, and its queries carry none
+    uses_embeddings: ClassVar[bool] = True
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -158,7 +161,8 @@ class SemanticMethod:
                 last_used=query.timestamp,
             )
         self.documents.put(key, Document(query.prompt, response, query.category, query.user))
-        self.index.add(key, query.embedding, partition)
+        if query.embedding is not None:
+            self.index.add(key, query.embedding, partition)
         return key
 
     def evict(self, key: int) -> None:
@@ -175,6 +179,8 @@ class SemanticMethod:
         """Live nearest entries of the query's partition, most similar first; expired ones met on the way are
         evicted (lazily, by the stream's clock)."""
         assert self.index is not None
+        if query.embedding is None:
+            return []
         found = self.index.search(query.embedding, partition or self.partition_for(query), k or self.params.candidates)
         alive = []
         for key, similarity in found:
