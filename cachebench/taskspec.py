@@ -53,6 +53,7 @@ class TaskSpec:
     categories: tuple[str, ...] = ()  # semantic: the categories its data may use
     llm_cost_ms: dict[str, float] = field(default_factory=dict)  # semantic: set LLM cost per category (else measured)
     data: str = ""  # what `--data FILE` takes, for tasks that read a dataset; empty: the task generates its data
+    pair_protocol: str = ""  # semantic pair tasks: retrieval or pairwise by default (what the data's source reports)
 
     def metric_for(self, category: str) -> str:
         return self.metric_by_category.get(category, self.metric)
@@ -82,13 +83,18 @@ def _identity(data: dict[str, Any]) -> dict[str, Any]:
 
 def _parse_semantic(data: dict[str, Any], origin: str) -> TaskSpec:
     """A semantic task: a builder of request streams, its protocol (the task's `mode`) and categories."""
-    from cachebench.semantic.stream import PROTOCOLS
+    from cachebench.semantic.stream import PAIR_PROTOCOLS, PROTOCOLS
 
     missing = [key for key in _REQUIRED_SEMANTIC if key not in data]
     if missing:
         raise ValueError(f"{origin}: missing {', '.join(missing)}")
     if data["protocol"] not in PROTOCOLS:
         raise ValueError(f"{origin}: protocol must be one of {PROTOCOLS}")
+    pair_protocol = str(data.get("pair_protocol", "retrieval" if data["protocol"] == "pair" else ""))
+    if data["protocol"] == "pair" and pair_protocol not in PAIR_PROTOCOLS:
+        raise ValueError(f"{origin}: pair_protocol must be one of {PAIR_PROTOCOLS}")
+    if data["protocol"] != "pair" and "pair_protocol" in data:
+        raise ValueError(f"{origin}: pair_protocol applies to protocol: pair")
     warmup = float(data.get("warmup", 0.0))
     if not 0.0 <= warmup < 1.0:
         raise ValueError(f"{origin}: warmup must be in [0, 1)")
@@ -104,6 +110,7 @@ def _parse_semantic(data: dict[str, Any], origin: str) -> TaskSpec:
         warmup=warmup,
         categories=tuple(data["categories"]),
         llm_cost_ms={str(k): float(v) for k, v in (data.get("llm_cost_ms") or {}).items()},
+        pair_protocol=pair_protocol,
     )
 
 

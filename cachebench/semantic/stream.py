@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 Protocol = Literal["stream", "pair"]
 PROTOCOLS: tuple[str, ...] = ("stream", "pair")
+# how a pair set is looked up (cachebench.semantic.runner): all first items inserted, then every second item
+# searched against them; or each pair on its own
+PAIR_PROTOCOLS: tuple[str, ...] = ("retrieval", "pairwise")
 
 
 @dataclass(frozen=True)
