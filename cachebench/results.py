@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from cachebench.derived import derive
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
 # semantic-track columns added in version 4 (null on KV rows)
@@ -31,14 +31,19 @@ _RUN_V6 = ("reuse_corrupt_blocks", "run_planned", "run_complete")
 # columns every reader used to work out for itself, written since version 7 (cachebench.derived fills them in for
 # older files, from the columns those have)
 _DERIVED_V7 = ("track", "cell_params", "context_length", "request_ttft_ms", "exact_match")
+# semantic-track column added in version 8: how request embeddings were computed and charged (null in older files:
+# a batch computed up front, its mean time per text charged to each request)
+_SEMANTIC_V8 = ("embed_mode",)
 # older versions are read by adding the columns they lack as nulls, then deriving what can be derived
 UPGRADABLE = {
-    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
-    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
-    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
-    "4": ("peak_kv_bytes", *_RUN_V6, *_DERIVED_V7),
-    "5": (*_RUN_V6, *_DERIVED_V7),
-    "6": _DERIVED_V7,
+    "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7,
+          *_SEMANTIC_V8),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
+    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
+    "4": ("peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
+    "5": (*_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
+    "6": (*_DERIVED_V7, *_SEMANTIC_V8),
+    "7": _SEMANTIC_V8,
 }
 METADATA_KEY = b"cachebench.schema_version"
 RUN_STATE_KEY = b"cachebench.run"  # {"complete": bool, "planned_rows": int, "rows": int}, since version 6
@@ -107,6 +112,7 @@ SCHEMA = pa.schema(
         ("served_class", pa.string()),
         ("warmup", pa.bool_()),
         ("embed_ms", pa.float64()),
+        ("embed_mode", pa.string()),  # online, online:N (micro-batches), precomputed, or none (never embeds)
         ("fetch_ms", pa.float64()),
         ("llm", pa.string()),
         ("llm_ms", pa.float64()),
@@ -122,7 +128,7 @@ SCHEMA = pa.schema(
     metadata={METADATA_KEY: SCHEMA_VERSION.encode()},
 )
 
-SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale", *_SEMANTIC_V4)
+SEMANTIC_COLUMNS = ("hit", "outcome", "similarity", "lookup_ms", "stale", *_SEMANTIC_V4, *_SEMANTIC_V8)
 REUSE_COLUMNS = (*_TIER_COLUMNS, "reuse_load_ms", "reuse_corrupt_blocks")  # null where a method reused nothing
 
 

@@ -201,9 +201,12 @@ def cell_records(board: Leaderboard) -> list[dict[str, Any]]:
             records.append({**identity, "partial": entry.cell.partial, "category": score.category, "n": rates.n,
                             "hit_rate": _value(rates.hit_rate), **_bounds(found, "hit_rate"),
                             "error_rate": _value(rates.error_rate), **_bounds(found, "error_rate"),
-                            "precision": _value(rates.precision), "recall": _value(rates.recall),
-                            "f1": _value(rates.f1), **_bounds(found, "f1"), "stale_rate": _value(rates.stale_rate),
+                            "precision": _value(rates.precision), **_bounds(found, "precision"),
+                            "recall": _value(rates.recall), **_bounds(found, "recall"),
+                            "f1": _value(rates.f1), **_bounds(found, "f1"), "f05": _value(rates.f05),
+                            **_bounds(found, "f05"), "stale_rate": _value(rates.stale_rate),
                             "lookup_p50_ms": _value(score.lookup_p50), "lookup_p95_ms": _value(score.lookup_p95),
+                            "embed_p50_ms": _value(score.embed_p50), "embed_p95_ms": _value(score.embed_p95),
                             "break_even_hit_rate": _value(score.cost.break_even) if score.cost else None,
                             "errors": entry.cell.errors})
     return records

@@ -93,11 +93,11 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
-def f1_intervals(counts: np.ndarray, confidence: float = 0.95, seed: int = 0, resamples: int = RESAMPLES
-                 ) -> np.ndarray:
-    """Per group, (low, high) of F1 from its (TP, FP, FN, TN) counts (shape (groups, 4)), resampling requests:
-    n requests drawn with replacement give multinomial outcome counts, so those are drawn directly. NaN where a
-    group has fewer than two requests or no resample has a defined F1."""
+def f1_intervals(counts: np.ndarray, confidence: float = 0.95, seed: int = 0, resamples: int = RESAMPLES,
+                 beta: float = 1.0) -> np.ndarray:
+    """Per group, (low, high) of F-beta (F1 by default) from its (TP, FP, FN, TN) counts (shape (groups, 4)),
+    resampling requests: n requests drawn with replacement give multinomial outcome counts, so those are drawn
+    directly. NaN where a group has fewer than two requests or no resample has a defined score."""
     counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
     n = counts.sum(axis=1)
     out = np.full((len(counts), 2), np.nan)
@@ -109,7 +109,8 @@ def f1_intervals(counts: np.ndarray, confidence: float = 0.95, seed: int = 0, re
     tp, fp, fn = (draws[..., i].astype(float) for i in range(3))
     with np.errstate(invalid="ignore", divide="ignore"):
         precision, recall = tp / (tp + fp), tp / (tp + fn)  # NaN without hits or without positives, as rates()
-        f1 = np.where(precision + recall == 0, 0.0, 2 * precision * recall / (precision + recall))
+        b2 = beta * beta
+        f1 = np.where(precision + recall == 0, 0.0, (1 + b2) * precision * recall / (b2 * precision + recall))
     f1 = np.where(np.isfinite(f1), f1, np.nan)
     tail = (1 - confidence) / 2
     defined = np.isfinite(f1).any(axis=0)

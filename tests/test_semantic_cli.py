@@ -33,7 +33,7 @@ def test_category_aware_on_the_offline_default_writes_rows_and_shows_categories(
     rows = rows_of(tmp_path)
     stream = [r for r in rows if r["task"] == "semantic.stream"]
     pairs = [r for r in rows if r["task"] == "semantic.pairs"]
-    assert len(stream) == 300 and pairs and all(r["mode"] == "pair" for r in pairs)
+    assert len(stream) == 300 and pairs and all(r["mode"] == "pair-retrieval" for r in pairs)
     assert {r["category"] for r in stream} == {"code", "conversation", "factual", "time-sensitive"}
     assert sum(r["warmup"] for r in stream) == 30 and all(r["warmup"] == (r["turn"] < 30) for r in stream)
     for row in rows:
@@ -50,11 +50,11 @@ def test_category_aware_on_the_offline_default_writes_rows_and_shows_categories(
     shown = run_cli("show", str(tmp_path), env=WIDE)
     assert shown.returncode == 0, shown.stderr
     for text in ("semantic.stream (stream): quality", "time-sensitive", "conversation", "err 95% CI", "h*",
-                 "semantic.pairs (pairs", "positives", "wrong hits", "misses"):
+                 "semantic.pairs (pairs, retrieval", "F0.5 95% CI", "recall 95% CI"):
         assert text in shown.stdout, text
 
 
-def test_gptcache_pair_file_reports_positives_wrong_hits_and_misses(tmp_path):
+def test_gptcache_pair_file_reports_its_outcome_counts(tmp_path):
     data = FIXTURES / "gptcache_mock.json"
     result = run_cli("eval", "--method", "threshold", "--task", "semantic.gptcache-pairs", "--data", str(data),
                      "--param", "threshold=0.8", "--llm-cost-ms", "800", "--out", str(tmp_path), "--quiet")
@@ -64,9 +64,9 @@ def test_gptcache_pair_file_reports_positives_wrong_hits_and_misses(tmp_path):
     counts = {code: sum(r["outcome"] == code for r in rows) for code in ("TP", "FP", "FN", "TN")}
     assert counts["TP"] > 0
     shown = run_cli("show", str(tmp_path), env=WIDE)
-    line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("threshold"))
-    numbers = line.split()
-    assert numbers[3:7] == [str(len(rows)), str(counts["TP"]), str(counts["FP"]), str(counts["FN"] + counts["TN"])]
+    lines = [line.split() for line in shown.stdout.splitlines() if line.strip().startswith("threshold")]
+    assert lines[0][3] == str(len(rows))  # quality: the number of pairs
+    assert lines[1][3:7] == [str(counts[code]) for code in ("TP", "FP", "FN", "TN")]  # outcomes
 
 
 def test_stores_on_real_redis_and_chroma_servers_serve_the_same_hits(tmp_path, redis_url, chroma_url):  # noqa: F811

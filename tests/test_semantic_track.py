@@ -56,12 +56,36 @@ def request(class_id: str, response: str = "r") -> Request:
 
 def test_judge_follows_vcache_definitions_and_marks_stale_hits():
     entries = {1: _Inserted("a", "old", "u0"), 2: _Inserted("b", "r", "u0")}
-    assert judge(Decision(hit=True, key=1), request("a", "old"), entries) == ("TP", False)
-    assert judge(Decision(hit=True, key=1), request("a", "new"), entries) == ("TP", True)
-    assert judge(Decision(hit=True, key=2), request("a"), entries) == ("FP", False)
-    assert judge(Decision(hit=False, nearest_key=1), request("a"), entries) == ("FN", False)
-    assert judge(Decision(hit=False, nearest_key=2), request("a"), entries) == ("TN", False)
-    assert judge(Decision(hit=False), request("a"), entries) == ("TN", False)
+    assert judge(Decision(hit=True, key=1), request("a", "old"), entries, False) == ("TP", False)
+    assert judge(Decision(hit=True, key=1), request("a", "new"), entries, False) == ("TP", True)
+    assert judge(Decision(hit=True, key=2), request("a"), entries, True) == ("FP", False)
+    # a miss is FN exactly when a right entry was there to serve, whatever the nearest neighbour was
+    assert judge(Decision(hit=False, nearest_key=2), request("a"), entries, True) == ("FN", False)
+    assert judge(Decision(hit=False, nearest_key=1), request("a"), entries, False) == ("TN", False)
+    assert judge(Decision(hit=False), request("a"), entries, False) == ("TN", False)
+
+
+def test_a_miss_is_fn_when_a_right_entry_sits_behind_a_nearer_wrong_one(minilm):
+    """The retrieval protocol's recall trap: the nearest entry belongs to another class, a right entry sits further
+    away. vCache's nearest-neighbour rule calls the miss TN and drops it out of recall; here it is FN. Entries of
+    another user's partition, expired ones and ones whose response went stale are not servable."""
+    stream = Stream("t", "stream", [
+        Request("r0", "How do I flip the order of elements of a Python list?", "list", "code", 0.0, response="list"),
+        Request("r1", "reverse a string in Python", "string", "code", 1.0, response="string"),
+        Request("r2", "reverse list python", "list", "code", 2.0, response="list"),
+    ])
+    method = opened_dim("threshold", minilm.dim, "threshold=0.99")
+    results = StreamRunner(method, minilm).run(stream)
+    assert [r.outcome for r in results] == ["TN", "TN", "FN"]
+    nearest = results[2].decision.nearest_key
+    assert method.meta[nearest].created == 1.0  # its nearest neighbour was the string entry: vCache would say TN
+
+    scoped = opened_dim("threshold", minilm.dim, "threshold=0.99", "scope=user")
+    other_user = Stream("t", "stream", [dataclasses.replace(stream.requests[0], user="u1"), stream.requests[2]])
+    assert [r.outcome for r in StreamRunner(scoped, minilm).run(other_user)] == ["TN", "TN"]
+    changed = Stream("t", "stream", [stream.requests[0], dataclasses.replace(stream.requests[2], response="new")])
+    assert [r.outcome for r in StreamRunner(opened_dim("threshold", minilm.dim, "threshold=0.99"),
+                                            minilm).run(changed)] == ["TN", "TN"]
 
 
 def test_rates_and_intervals():

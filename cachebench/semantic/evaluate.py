@@ -28,8 +28,9 @@ from cachebench.runs import (
 from cachebench.semantic.embedder import Embedder, load_embedder
 from cachebench.semantic.llm_cost import measure_llm_cost, parse_llm_cost
 from cachebench.semantic.method import SemanticMethod
-from cachebench.semantic.runner import RequestResult, StreamRunner
-from cachebench.semantic.stream import Stream, StreamRequest
+from cachebench.semantic.request_vectors import check_embedding
+from cachebench.semantic.runner import RequestResult, StreamRunner, row_mode
+from cachebench.semantic.stream import PAIR_PROTOCOLS, Stream, StreamRequest
 from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, builder_module, check_data
 
 
@@ -59,7 +60,14 @@ def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
         raise UsageError(f"method {request.method!r} is a semantic cache; task {kv_tasks[0]} is a KV-cache task "
                          "(see `cachebench list tasks`)")
     if request.mode is not None:
-        raise UsageError("--mode applies to KV tasks; a semantic task's protocol comes with the task")
+        raise UsageError("--mode applies to KV tasks; a semantic task's protocol comes with the task (pair tasks "
+                         "take --pair-protocol)")
+    if request.pair_protocol is not None:
+        if request.pair_protocol not in PAIR_PROTOCOLS:
+            raise UsageError(f"--pair-protocol {request.pair_protocol!r}: expected one of {', '.join(PAIR_PROTOCOLS)}")
+        if not any(spec.mode == "pair" for spec in specs):
+            raise UsageError(f"--pair-protocol applies to pair tasks; {request.task} has none (a request stream)")
+    check_embedding(request.embedding, request.embed_batch)
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {request.limit}")
     if request.limit is not None and request.limit > MAX_LIMIT:
@@ -90,8 +98,8 @@ def _llm_costs(request: EvalRequest, spec: TaskSpec, stream: Stream, given: dict
     return {c: float(v) for c, v in costs.items() if v is not None}, model.name
 
 
-def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: str, llm_ms: float | None
-         ) -> dict[str, Any]:
+def _row(identity: dict[str, Any], spec: TaskSpec, mode: str, embedding: str, result: RequestResult, llm: str,
+         llm_ms: float | None) -> dict[str, Any]:
     request, decision = result.request, result.decision
     wrong = result.outcome == "FP" or result.stale
     return {
@@ -99,7 +107,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: s
         "track": "semantic",
         "task": spec.name,
         "subtask": spec.subtask,
-        "mode": spec.mode,
+        "mode": mode,
         "episode_id": request.request_id,
         "turn": result.position,
         "category": request.category,
@@ -117,6 +125,7 @@ def _row(identity: dict[str, Any], spec: TaskSpec, result: RequestResult, llm: s
         "served_class": result.served_class,
         "warmup": result.warmup,
         "embed_ms": result.embed_ms,
+        "embed_mode": embedding,
         "fetch_ms": result.fetch_ms if decision.hit else None,
         "llm": llm,
         "llm_ms": llm_ms,
@@ -163,8 +172,8 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     try:
         with sigterm_as_interrupt():
             for index, (spec, stream, costs, llm) in enumerate(plan):
-                errors += _run_stream(method, embedder, spec, stream, costs, llm, identity, f"{run_id}-{index}",
-                                      index > 0, rows, writer, progress, warnings)
+                errors += _run_stream(method, embedder, request, spec, stream, costs, llm, identity,
+                                      f"{run_id}-{index}", index > 0, rows, writer, progress, warnings)
     except KeyboardInterrupt:
         raise RunInterrupted(writer.finish(complete=False), len(rows), writer.problem) from None
     except BaseException:
@@ -174,30 +183,39 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     return EvalOutcome(where, rows, errors, writer.problem, warnings)
 
 
+def embed_label(mode: str, embed_batch: int) -> str:
+    """How rows name the embedding mode: online (one request per encode), online:N (micro-batches of N),
+    precomputed, or none (a method that never embeds)."""
+    return f"online:{embed_batch}" if mode == "online" and embed_batch > 1 else mode
+
+
 def _looked_up(stream: Stream) -> int:
     return len(stream.requests) or len(stream.pairs)
 
 
-def _run_stream(method: SemanticMethod, embedder: Embedder, spec: TaskSpec, stream: Stream, costs: dict[str, float],
-                llm: str, identity: dict[str, Any], namespace: str, reopen: bool, rows: list[dict[str, Any]],
-                writer: RunWriter, progress: ProgressSink, warnings: list[str]) -> int:
+def _run_stream(method: SemanticMethod, embedder: Embedder, request: EvalRequest, spec: TaskSpec, stream: Stream,
+                costs: dict[str, float], llm: str, identity: dict[str, Any], namespace: str, reopen: bool,
+                rows: list[dict[str, Any]], writer: RunWriter, progress: ProgressSink, warnings: list[str]) -> int:
     """One task's stream against a fresh cache; appends a row per looked-up request, returns how many failed."""
     progress.task_started(spec.name, _looked_up(stream))
     progress.episode_started(0, 1)
+    pair_protocol = request.pair_protocol or spec.pair_protocol or "retrieval"
+    mode = row_mode(stream, pair_protocol)
+    runner = StreamRunner(method, embedder, request.embedding, request.embed_batch)
+    embedding = embed_label(runner.embed_mode, request.embed_batch)
 
     def keep(result: RequestResult) -> None:
-        rows.append(_row(identity, spec, result, llm, costs.get(result.request.category)))
+        rows.append(_row(identity, spec, mode, embedding, result, llm, costs.get(result.request.category)))
         progress.turn_done()
         writer.maybe()
 
-    runner = StreamRunner(method, embedder)
     try:
         if reopen:
             try:
                 method.open(embedder.dim, namespace)
             except Exception as exc:  # the store died during an earlier task of the group
                 return len(runner.fail_all(stream, exc, keep))
-        results = runner.run(stream, keep)
+        results = runner.run(stream, keep, pair_protocol)
         return sum(result.error is not None for result in results)
     finally:
         _close(method, warnings)

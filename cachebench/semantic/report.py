@@ -2,8 +2,9 @@
 hit-rate-versus-error-rate trade-off of every swept method. The cells are cachebench.semantic.summary's.
 
 Stream tasks show vCache's rates with 95% intervals (Wilson for rates, bootstrap for F1), the stale-hit rate,
-lookup latency, memory per entry and the cost model (cachebench.semantic.scoring); pair tasks show what
-GPTCache's benchmark prints: positives (correct hits), wrong hits and misses.
+lookup latency, memory per entry and the cost model (cachebench.semantic.scoring); pair tasks show one table per
+pair protocol with the rates and every interval (Wilson for hit rate, error rate, precision and recall,
+bootstrap for F1 and F0.5) beside the outcome counts GPTCache's benchmark prints.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class CategoryScore:
     lookup_p50: float
     lookup_p95: float
     cost: Cost | None
+    embed_p50: float = float("nan")  # the embedding time charged per request (online: measured per request)
+    embed_p95: float = float("nan")
 
 
 @dataclass
@@ -100,19 +103,16 @@ class Section:
 def semantic_sections(cells: list[SemanticCell]) -> list[Section]:
     """Per task: the quality and cost tables of a stream task (or the pair table of a pair task), then the
     trade-off of every swept method. Plain strings: `show` prints them as a terminal table, Markdown or text."""
-    by_task: dict[str, list[SemanticCell]] = defaultdict(list)
-    for cell in cells:
-        by_task[cell.key["task"]].append(cell)
+    by_task: dict[tuple[str, str], list[SemanticCell]] = defaultdict(list)
+    for cell in cells:  # the two pair protocols are different cells of one task: a table each
+        by_task[cell.key["task"], cell.key["mode"]].append(cell)
     out: list[Section] = []
-    for task, task_cells in by_task.items():
+    for (task, mode), task_cells in by_task.items():
         models = {_model(cell) for cell in task_cells}
         named = len(models) > 1  # several models (or dtypes): a column says which, else the titles do
         suffix = "" if named else f" — {models.pop()}"
-        if task_cells[0].key["mode"] == "pair":
-            found = [_pairs(task, task_cells, named)]
-        else:
-            found = _stream(task, task_cells, named)
-        found += _tradeoff(task, task_cells)
+        found = _pairs(task, mode, task_cells, named) if mode.startswith("pair") else _stream(task, task_cells, named)
+        found += _tradeoff(task if mode == "stream" else f"{task} ({mode})", task_cells)
         for section in found:
             section.title += suffix
         out += found
@@ -136,7 +136,8 @@ def _stream(title: str, cells: list[SemanticCell], named: bool) -> list[Section]
                         "hit 95% CI", "err %", "err 95% CI", "prec", "recall", "F1", "F1 95% CI", "F0.5", "stale %",
                         "errors"), [], len(lead) + 1)
     cost = Section(f"{title} (stream): cost (L = embedding + lookup; C = LLM; h* = break-even hit rate)",
-                     (*lead, "category", "lookup p50 ms", "p95 ms", "fetch p50 ms", "bytes/entry", "L ms", "C ms",
+                     (*lead, "category", "embed p50 ms", "p95 ms", "lookup p50 ms", "p95 ms", "fetch p50 ms",
+                      "bytes/entry", "L ms", "C ms",
                       "h*", "saving % of C"), [], len(lead) + 1)
     for cell in cells:
         for score in cell.categories:
@@ -149,7 +150,8 @@ def _stream(title: str, cells: list[SemanticCell], named: bool) -> list[Section]
                 str(cell.errors) if overall else "",
             ))  # fmt: skip
             cost.rows.append((
-                *_lead(cell, named), score.category, _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
+                *_lead(cell, named), score.category, _num(score.embed_p50), _num(score.embed_p95),
+                _num(score.lookup_p50, 3), _num(score.lookup_p95, 3),
                 _num(c.fetch_ms, 3) if c else MISSING, _num(cell.bytes_per_entry, 0) if overall else "",
                 _num(c.overhead_ms) if c else MISSING, _num(c.llm_ms, 0) if c else MISSING, _break_even(c),
                 _pct(c.saving_share) if c else MISSING,
@@ -157,19 +159,36 @@ def _stream(title: str, cells: list[SemanticCell], named: bool) -> list[Section]
     return [quality, cost]
 
 
-def _pairs(title: str, cells: list[SemanticCell], named: bool) -> Section:
+PAIR_TITLES = {
+    "pair-retrieval": "pairs, retrieval: every first item inserted, every second looked up against all",
+    "pair-pairwise": "pairs, pairwise: each pair on its own",
+    "pair": "pairs: insert first, query second",  # files written before the protocols had names
+}
+
+
+def _pairs(title: str, mode: str, cells: list[SemanticCell], named: bool) -> list[Section]:
+    """Two tables: the rates with their intervals, and the outcome counts GPTCache's benchmark prints."""
     lead = ("method", "params", "model") if named else ("method", "params")
-    headers = (*lead, "category", "pairs", "positives", "wrong hits", "misses", "FN", "TN", "prec", "recall", "F1",
-               "lookup p50 ms", "errors")
-    rows = []
+    protocol = PAIR_TITLES.get(mode, mode)
+    quality = Section(f"{title} ({protocol}): quality", (*lead, "category", "pairs", "hit %", "hit 95% CI", "err %",
+                      "err 95% CI", "prec", "prec 95% CI", "recall", "recall 95% CI", "F1", "F1 95% CI", "F0.5",
+                      "F0.5 95% CI"), [], len(lead) + 1)
+    counts = Section(f"{title} ({protocol}): outcomes", (*lead, "category", "TP", "FP", "FN", "TN", "lookup p50 ms",
+                     "embed p50 ms", "errors"), [], len(lead) + 1)
     for cell in cells:
         for score in cell.categories:
-            r = score.rates
-            rows.append((
-                *_lead(cell, named), score.category, str(r.n), str(r.tp), str(r.fp), str(r.fn + r.tn), str(r.fn),
-                str(r.tn), _num(r.precision), _num(r.recall), _num(r.f1), _num(score.lookup_p50, 3), str(cell.errors),
+            r, found = score.rates, score.intervals
+            quality.rows.append((
+                *_lead(cell, named), score.category, str(r.n), _pct(r.hit_rate), _interval(found, "hit_rate"),
+                _pct(r.error_rate), _interval(found, "error_rate"), _num(r.precision),
+                _interval(found, "precision", scale=1.0), _num(r.recall), _interval(found, "recall", scale=1.0),
+                _num(r.f1), _interval(found, "f1", scale=1.0), _num(r.f05), _interval(found, "f05", scale=1.0),
             ))  # fmt: skip
-    return Section(f"{title} (pairs: insert first, query second)", headers, rows, len(lead) + 1)
+            counts.rows.append((
+                *_lead(cell, named), score.category, str(r.tp), str(r.fp), str(r.fn), str(r.tn),
+                _num(score.lookup_p50, 3), _num(score.embed_p50), str(cell.errors),
+            ))  # fmt: skip
+    return [quality, counts]
 
 
 def tradeoff(cells: list[SemanticCell]) -> dict[str, tuple[list[tuple[float, float]], float]]:

@@ -50,19 +50,22 @@ def semantic_summary(connection: duckdb.DuckDBPyConnection, key: tuple[str, ...]
                    count(*) FILTER (WHERE outcome = 'TP'), count(*) FILTER (WHERE outcome = 'FP'),
                    count(*) FILTER (WHERE outcome = 'FN'), count(*) FILTER (WHERE outcome = 'TN'),
                    count(*) FILTER (WHERE stale), quantile_cont(lookup_ms, [0.5, 0.95]), avg(llm_ms),
+                   quantile_cont(embed_ms, [0.5, 0.95]),
                    avg(coalesce(embed_ms, 0) + lookup_ms)
             FROM {VIEW} WHERE scored GROUP BY GROUPING SETS (({names}, category), ({names}))) g
         JOIN {VIEW}_keys k USING ({names})
         ORDER BY k.cell, g.overall, g.category""").fetchall()
     per = _per_cell(connection, key, len(keys))
     counts = np.array([row[3:7] for row in groups], dtype=np.int64).reshape(-1, 4)
-    f1_bounds = f1_intervals(counts)
+    f1_bounds, f05_bounds = f1_intervals(counts), f1_intervals(counts, beta=0.5)
     by_category: dict[int, list[CategoryScore]] = defaultdict(list)
     overall_of: dict[int, CategoryScore] = {}
-    for index, (cell, category, overall, tp, fp, fn, tn, stale, lookup, llm, overhead) in enumerate(groups):
+    for index, (cell, category, overall, tp, fp, fn, tn, stale, lookup, llm, embed, overhead) in enumerate(groups):
         judged = rates(np.repeat(OUTCOMES, [tp, fp, fn, tn]), np.arange(tp + fp + fn + tn) < stale)
         found = {"hit_rate": wilson_interval(tp + fp, judged.n), "error_rate": wilson_interval(fp, judged.n),
-                 "f1": (float(f1_bounds[index, 0]), float(f1_bounds[index, 1]))}
+                 "precision": wilson_interval(tp, tp + fp), "recall": wilson_interval(tp, tp + fn),
+                 "f1": (float(f1_bounds[index, 0]), float(f1_bounds[index, 1])),
+                 "f05": (float(f05_bounds[index, 0]), float(f05_bounds[index, 1]))}
         found = {name: bounds for name, bounds in found.items() if np.isfinite(bounds).all()}
         cost = None
         if llm is not None:
@@ -70,7 +73,9 @@ def semantic_summary(connection: duckdb.DuckDBPyConnection, key: tuple[str, ...]
             cost = cost_model(judged.hit_rate, judged.fp + judged.stale, judged.tp + judged.fp, _float(overhead),
                               0.0 if np.isnan(fetch) else fetch, float(llm), penalty_ms)
         p50, p95 = lookup if lookup is not None else (None, None)
-        score = CategoryScore(ALL if overall else category, judged, found, _float(p50), _float(p95), cost)
+        embed_p50, embed_p95 = embed if embed is not None else (None, None)
+        score = CategoryScore(ALL if overall else category, judged, found, _float(p50), _float(p95), cost,
+                              _float(embed_p50), _float(embed_p95))
         if overall:
             overall_of[cell] = score
         else:
