@@ -147,6 +147,16 @@ class VCache(SemanticMethod):
         super().open(dim, namespace)
         self._rng = np.random.default_rng(self.params.seed)
 
+    def protocol_warning(self, protocol: str) -> str | None:
+        """The pair protocols look each cached entry up about once, and an entry is never served before it has
+        observations of its own, so vCache can hardly hit there: its rows would read as a method that never
+        works."""
+        if not protocol.startswith("pair"):
+            return None
+        return (f"vcache under {protocol}: each cached entry is looked up about once, and vCache serves an entry "
+                "only after its own explored requests have labelled it, so nearly every lookup misses; judge it on "
+                "a stream task (e.g. semantic.stream)")
+
     def lookup(self, query: Query) -> Decision:
         found = self.neighbours(query)
         if not found:

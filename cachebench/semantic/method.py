@@ -136,6 +136,18 @@ class SemanticMethod:
         """The LLM answered a missed query that is not to be inserted (the pair protocol's queries): a learning
         cache may still learn from it. By default nothing happens."""
 
+    # -- what a run tells its reader ------------------------------------------------------------------------------
+    def protocol_warning(self, protocol: str) -> str | None:
+        """One line, said before a run under `protocol` ("stream", "pair-retrieval" or "pair-pairwise"), when the
+        method cannot show what it does there (so a near-zero hit rate is not taken for its quality); None when it
+        can."""
+        return None
+
+    def run_warnings(self) -> list[str]:
+        """One line per thing the method noticed during the run that changes how its rows read (e.g. a category
+        it had no policy for); read before the method is re-initialised for the next task."""
+        return []
+
     # -- shared helpers -----------------------------------------------------------------------------------------
     def partition_parts(self, query: Query) -> tuple[str, ...]:
         """What separates the query's partition from others: its user under scope=user (methods add more, e.g.
