@@ -281,6 +281,44 @@ def gate_command(
         raise typer.Exit(code)
 
 
+@app.command("calibrate")
+def calibrate_command(
+    task: Annotated[str, typer.Option(help="One semantic task (see `cachebench list tasks`) whose labelled requests "
+                                           "fit the thresholds.")],
+    out: Annotated[Path, typer.Option(help="The policy YAML to write (for category-aware's --param policy=FILE).")],
+    seed: Annotated[int, typer.Option(help="Seed of a generated task: fit on a held-out seed, score on another.")]
+    = 1,
+    limit: Annotated[int | None, typer.Option(help="At most this many requests (pairs).")] = None,
+    data: Annotated[str | None, typer.Option(help="Local file of the task's record shape.")] = None,
+    pair_protocol: Annotated[str | None, typer.Option(help="Pair tasks: retrieval or pairwise (default: the "
+                                                           "task's).")] = None,
+    embedder: Annotated[str, typer.Option(help="`embedded` (all-MiniLM-L6-v2, offline), a local "
+                                               "sentence-transformers folder or a hub name.")] = "embedded",
+    include_path: Annotated[list[str] | None, typer.Option(help="A folder of your own task YAMLs; repeatable.")]
+    = None,
+) -> None:
+    """Fit category-aware's per-category similarity thresholds (best F0.5 over 0.50..0.99) on a semantic task's
+    labelled requests and write them as a policy YAML; categories that cannot be fitted keep the built-in entry."""
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give the policy file's path")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    from cachebench.semantic.calibrate import calibrate, write_policy_yaml
+
+    found = calibrate(task, data=data, seed=seed, limit=limit, embedder=embedder,
+                      include_path=tuple(include_path or ()), pair_protocol=pair_protocol)
+    header = f"cachebench calibrate --task {found.task} --seed {found.seed} ({found.mode}): best F0.5 per category"
+    write_policy_yaml(found.policy, out, header=header)
+    for name, fit in sorted(found.categories.items()):
+        if fit.threshold is not None:
+            rates = fit.rates[fit.threshold]
+            print(f"{name}: threshold {fit.threshold:.2f} (F0.5 {rates.f05:.3f}, hit {100 * rates.hit_rate:.1f}%, "
+                  f"error {100 * rates.error_rate:.1f}%, n {rates.n})", file=sys.stderr)
+    for note in found.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(out)
+
+
 def _width() -> int:
     """The terminal's width (COLUMNS when set; 80 when output is not a terminal)."""
     return shutil.get_terminal_size((80, 24)).columns

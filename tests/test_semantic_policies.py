@@ -254,3 +254,31 @@ def test_calibrate_refuses_bad_input_in_one_line(args, message):
     with pytest.raises(UsageError) as error:
         calibrate(**args)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_calibrate_command_writes_a_policy_eval_reads_and_warnings_reach_the_user(tmp_path):
+    """`cachebench calibrate` end to end: the YAML it writes parses as a category-aware policy with the thresholds
+    it printed, `eval` runs with it, and the run's warnings (vCache under a pair protocol) reach stderr."""
+    from conftest import run_cli
+
+    policy = tmp_path / "policy.yaml"
+    result = run_cli("calibrate", "--task", "semantic.stream", "--limit", "400", "--out", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(policy)
+    parsed = parse_policy(str(policy))
+    printed = {line.split(":")[0]: float(line.split("threshold ")[1].split()[0])
+               for line in result.stderr.splitlines() if ": threshold " in line}
+    assert printed and {name: parsed[name].threshold for name in printed} == printed
+    assert all(GRID[0] <= value <= GRID[-1] for value in printed.values())
+    ran = run_cli("eval", "--method", "category-aware", "--task", "semantic.stream", "--limit", "200",
+                  "--param", f"policy={policy}", "--llm-cost-ms", "800", "--out", str(tmp_path / "out"), "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    warned = run_cli("eval", "--method", "vcache", "--task", "semantic.pairs", "--limit", "30", "--llm-cost-ms",
+                     "800", "--out", str(tmp_path / "out"), "--quiet")
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: semantic.pairs:" in warned.stderr and "vcache" in warned.stderr.lower()
+    for args, message in ((["--task", "semantic", "--out", str(policy)], "calibrate takes one task"),
+                          (["--task", "semantic.stream", "--out", str(tmp_path / "nope" / "p.yaml")],
+                           "does not exist")):
+        bad = run_cli("calibrate", *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

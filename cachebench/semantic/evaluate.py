@@ -203,6 +203,8 @@ def _run_stream(method: SemanticMethod, embedder: Embedder, request: EvalRequest
     mode = row_mode(stream, pair_protocol)
     runner = StreamRunner(method, embedder, request.embedding, request.embed_batch)
     embedding = embed_label(runner.embed_mode, request.embed_batch)
+    if (line := method.protocol_warning(mode)) is not None:
+        warnings.append(f"{spec.name}: {line}")
 
     def keep(result: RequestResult) -> None:
         rows.append(_row(identity, spec, mode, embedding, result, llm, costs.get(result.request.category)))
@@ -218,6 +220,7 @@ def _run_stream(method: SemanticMethod, embedder: Embedder, request: EvalRequest
         results = runner.run(stream, keep, pair_protocol)
         return sum(result.error is not None for result in results)
     finally:
+        warnings.extend(f"{spec.name}: {line}" for line in method.run_warnings())  # before re-initialising
         _close(method, warnings)
         method.__init__(method.params)  # a fresh cache for the next task
 
