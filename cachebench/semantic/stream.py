@@ -68,3 +68,4 @@ class StreamRequest:
     args: Mapping[str, Any]  # the task YAML's args
     limit: int | None = None  # at most this many requests (stream) or pairs (pair protocol)
     data_path: str | None = None  # a local file in the real dataset's format, instead of the hub
+    requests: int | None = None  # generated tasks: how many requests (pairs) to make, over the task's own size

@@ -9,8 +9,13 @@ puts the very same follow-up text under a slot variant of the parent, a differen
 
 Pairs have no clock: every timestamp is 0, so time-sensitive answers are those of the stream's first period.
 
+Scaling: the written classes are sized for the default 1,000 pairs; a larger set (`--requests N` or the
+`pairs` knob) grows each uncapped category's classes to round(written x pairs / 1000) with semantic.stream's
+generated tail, whose hard negatives are its slot neighbours (the same relation about another made-up entity,
+the same task in another language). Up to 1,000 pairs the set is exactly the written pool's.
+
 Knobs (the task YAML's args):
-  pairs            number of pairs (default 1000); --limit N keeps the first N
+  pairs            number of pairs (default 1000; --requests N overrides it); --limit N keeps the first N
   mix              {category: share} of pairs (default as semantic.stream)
   positives        share of pairs that are positives (default 0.5)
   followup_pairs   share of pairs that are follow-up pairs, positives and traps alike (default 0.2)
@@ -28,21 +33,22 @@ from typing import Any
 from cachebench.errors import UsageError
 from cachebench.semantic.stream import Request, Stream, StreamRequest
 from cachebench.tasks.builders.semantic_generator import DEFAULT_MIX, DEFAULT_PERIOD
-from cachebench.tasks.builders.semantic_knobs import check_known, number, per_category
+from cachebench.tasks.builders.semantic_knobs import check_known, number, per_category, requested
 from cachebench.tasks.builders.semantic_pool import Meaning, Pool
 from cachebench.tasks.builders.semantic_templates import CATEGORIES, Intent
 
 OWNER = "semantic_generator_pairs"
 KNOBS = ("pairs", "mix", "positives", "followup_pairs", "paraphrases", "classes")
+GENERATED = True  # --requests sizes this task (semantic_knobs.check_requests)
+BASE_PAIRS = 1000  # the set size the written classes are sized for; larger sets grow a tail
 
 
 def build_stream(request: StreamRequest) -> Stream:
-    """The pair workload, truncated to request.limit pairs."""
+    """The pair workload (request.requests pairs when given), truncated to request.limit pairs."""
     args: Mapping[str, Any] = request.args
     check_known(args, KNOBS, OWNER)
-    count = int(number(args, "pairs", 1000, OWNER, low=1, integer=True))
-    if request.limit is not None:
-        count = min(count, max(0, request.limit))
+    planned = requested(request.requests, args, "pairs", BASE_PAIRS, OWNER)
+    count = planned if request.limit is None else min(planned, max(0, request.limit))
     mix = per_category(args, "mix", DEFAULT_MIX, CATEGORIES, OWNER, replace=True)
     if sum(mix.values()) <= 0:
         raise UsageError(f"{OWNER} args: mix gives every category a share of 0")
@@ -50,7 +56,7 @@ def build_stream(request: StreamRequest) -> Stream:
     followups = number(args, "followup_pairs", 0.2, OWNER, low=0.0, high=1.0)
     pool = Pool(request.seed, {}, {"time-sensitive": DEFAULT_PERIOD},
                 int(number(args, "paraphrases", 0, OWNER, low=0, integer=True)),
-                per_category(args, "classes", {}, CATEGORIES, OWNER))
+                per_category(args, "classes", {}, CATEGORIES, OWNER), scale=planned / BASE_PAIRS)
     rng = random.Random(request.seed)
     categories = [name for name in CATEGORIES if mix[name] > 0]
     cum = list(accumulate(mix[name] for name in categories))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
 from cachebench.errors import UsageError
+
+MAX_REQUESTS = 10_000_000  # --requests: a generated stream is built whole, in memory, before it runs
 
 
 def check_known(args: Mapping[str, Any], known: Iterable[str], owner: str) -> None:
@@ -61,3 +64,20 @@ def count_limit(args: Mapping[str, Any], key: str, default: int, owner: str, lim
     wanted = int(number(args, key, default, owner, low=0, integer=True)) or None
     caps = [value for value in (wanted, limit) if value is not None]
     return max(0, min(caps)) if caps else None
+
+
+def requested(override: int | None, args: Mapping[str, Any], key: str, default: int, owner: str) -> int:
+    """How many requests (pairs) a generated task makes: --requests when given, else the `key` knob."""
+    if override is None:
+        return int(number(args, key, default, owner, low=1, high=MAX_REQUESTS, integer=True))
+    if isinstance(override, bool) or not isinstance(override, int) or not 1 <= override <= MAX_REQUESTS:
+        raise UsageError(f"--requests must be between 1 and {MAX_REQUESTS:,}, got {override!r}")
+    return override
+
+
+def check_requests(task: str, builder: ModuleType, requests: int | None) -> None:
+    """--requests sizes what a builder generates; a builder that reads a dataset (GENERATED unset) refuses it
+    rather than ignore it, since its size is its file's (--limit N keeps the first N)."""
+    if requests is not None and not getattr(builder, "GENERATED", False):
+        raise UsageError(f"--requests applies to generated tasks (semantic.stream, semantic.pairs); {task} reads "
+                         "its data (--limit N keeps its first N)")

@@ -62,15 +62,24 @@ class LabelledPair:
     label: int
 
 
-def labelled_pairs(rows: list[dict], where: str, keys: tuple[str, str, str], shape: str) -> list[LabelledPair]:
-    """The (first, second, label) fields of every row, checked."""
+def labelled_pairs(rows: list[dict], where: str, keys: tuple[str, str, str | tuple[str, ...]], shape: str,
+                   skip_blank: bool = False) -> list[LabelledPair]:
+    """The (first, second, label) fields of every row, checked (the label under the first present of its
+    names). `skip_blank`: a row with an empty or absent text is left out instead of refused, for files known to
+    hold a few such rows (record numbers still count it)."""
     first, second, label = keys
     pairs = []
     for index, row in enumerate(rows, start=1):
         place = at(where, index)
+        if skip_blank and not all(_has_text(row.get(key)) for key in (first, second)):
+            continue
         pairs.append(LabelledPair(index, text_field(row, first, place, shape), text_field(row, second, place, shape),
                                   label_field(row, label, place, shape)))
     return pairs
+
+
+def _has_text(value: object) -> bool:
+    return value is not None and bool(str(value).strip())
 
 
 def pair_stream(name: str, category: str, pairs: list[LabelledPair], where: str, limit: int | None) -> Stream:

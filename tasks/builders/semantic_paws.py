@@ -10,7 +10,7 @@ Loaded from the HF hub as `google-research-datasets/paws`, config "labeled_final
 label 1 = paraphrase (same class), 0 = not (different classes). Every sentence1 is inserted, every sentence2
 looked up; classes are built over the texts of the whole split (semantic_pairs). Category "paws".
 
-Knobs: pairs (default 2000; 0 = all), the first pairs kept in file order; --limit N lowers it.
+Knobs: pairs (default 0 = all; N keeps the first N in file order); --limit N keeps the first N.
 """
 
 from __future__ import annotations
@@ -29,6 +29,6 @@ KEYS = ("sentence1", "sentence2", "label")
 def build_stream(request: StreamRequest) -> Stream:
     """The PAWS pairs, sentence1 inserted and sentence2 looked up."""
     check_known(request.args, ("pairs",), "semantic_paws")
-    limit = count_limit(request.args, "pairs", 2000, "semantic_paws", request.limit)
+    limit = count_limit(request.args, "pairs", 0, "semantic_paws", request.limit)
     rows, where = records(request.data_path, SHAPE, hub_id=HUB_DATASET, split=SPLIT, config=CONFIG)
     return pair_stream(CATEGORY, CATEGORY, labelled_pairs(rows, where, KEYS, SHAPE), where, limit)

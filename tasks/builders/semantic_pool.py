@@ -7,16 +7,24 @@ category: ~1 for code's power law, ~0 for conversation's near-uniform repetition
 task and its language, each Zipf over a seeded ranking: weight = 1/(task rank)^s x 1/(language rank)^s.
 Responses of classes with a staleness period change every `period` seconds: response = f(class,
 floor(timestamp / period)).
+
+A stream larger than the default asks for `scale` > 1: each category whose classes are not capped then goes on
+past its written classes with a long tail of generated ones (semantic_tail), so the class count stays in
+proportion to the stream; at scale <= 1 the pool is exactly the written one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from math import prod
+from typing import overload
 
+from cachebench.tasks.builders.semantic_tail import Tail, tail_size
 from cachebench.tasks.builders.semantic_templates import CATEGORIES, FOLLOW_UPS, LANGUAGES, Intent, all_intents
 
 FOLLOW_MARK = ">"  # a follow-up's class id is "<parent class>>"<intent>"
@@ -49,15 +57,44 @@ def stable_int(*parts: object) -> int:
     return int.from_bytes(digest, "big")
 
 
+class Ranked(Sequence[Intent]):
+    """A category's classes in popularity order: the written ones, then the generated tail (built on use)."""
+
+    def __init__(self, written: list[Intent], tail: Tail) -> None:
+        self.written, self.tail = written, tail
+        self._length = len(written) + tail.size
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Intent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Intent]: ...
+
+    def __getitem__(self, index: int | slice) -> Intent | list[Intent]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        written = len(self.written)
+        return self.written[index] if index < written else self.tail.intent(index - written)
+
+
 class Pool:
     """The intents of every category with their popularity, paraphrase subsets and staleness periods."""
 
     def __init__(self, seed: int, zipf: dict[str, float], periods: dict[str, float], paraphrases: int = 0,
-                 classes: dict[str, float] | None = None) -> None:
+                 classes: dict[str, float] | None = None, scale: float = 1.0) -> None:
         self.seed, self.periods, self.paraphrases = seed, periods, paraphrases
         rng = random.Random(f"pool:{seed}")
-        self.intents: dict[str, list[Intent]] = {}
-        self._cum: dict[str, list[float]] = {}
+        self.intents: dict[str, Sequence[Intent]] = {}
+        self._written: dict[str, list[Intent]] = {}
+        self._tails: dict[str, Tail] = {}
+        self._cum: dict[str, Sequence[float]] = {}
         for category, intents in all_intents().items():
             exponent = zipf.get(category, 0.0)
             ranks: dict[str, int] = {}  # popularity rank of every axis value, the seed's choice
@@ -71,9 +108,30 @@ class Pool:
             cap = int((classes or {}).get(category, 0))
             if cap > 0:
                 ranked = ranked[:cap]
-            self.intents[category] = ranked
+            self.intents[category] = self._written[category] = ranked
             self._cum[category] = list(accumulate(weight[intent.class_id] for intent in ranked))
+            if cap <= 0 and scale > 1:
+                self._grow(category, ranked, ranks, exponent, scale)
         self._by_id_all = {intent.class_id: intent for intents in all_intents().values() for intent in intents}
+
+    def _grow(self, category: str, written: list[Intent], ranks: dict[str, int], exponent: float,
+              scale: float) -> None:
+        """Append the category's tail: its classes (code: its tasks) grow to round(written x scale)."""
+        if category == "code":
+            tasks = {_axes(intent)[0] for intent in written}
+            language_ranks = tuple(ranks[f"language:{lc}"] for _, lc in LANGUAGES)
+            tail = Tail(category, self.seed, tail_size(len(tasks), scale), exponent, len(tasks), language_ranks)
+        else:
+            tail = Tail(category, self.seed, tail_size(len(written), scale), exponent, len(written))
+        if tail.size == 0:
+            return
+        head = self._cum[category]
+        cum = array("d", head)
+        cum.extend(accumulate(tail.weights(), initial=head[-1]))
+        del cum[len(head)]  # accumulate's initial value is head[-1] again
+        self._tails[category] = tail
+        self.intents[category] = Ranked(written, tail)
+        self._cum[category] = cum
 
     def draw(self, category: str, rng: random.Random) -> Intent:
         """A class of `category`, by Zipf popularity."""
@@ -113,7 +171,7 @@ class Pool:
         if "other" in fill and parent.base and parent.class_id.startswith("code:"):
             lowered = dict(LANGUAGES)[fill["other"]]
             task = parent.class_id.rsplit(":", 1)[0]
-            target = self._by_id_all.get(f"{task}:{lowered}")
+            target = self._by_id_all.get(f"{task}:{lowered}") or self._tail_sibling(parent.class_id, lowered)
             if target is not None:
                 return self.meaning(target)
         class_id = f"{parent.class_id}{FOLLOW_MARK}{key}"
@@ -130,10 +188,24 @@ class Pool:
         value = stable_int(meaning.class_id, bucket) % 1_000_000 / 100
         return f"{meaning.answer} [period {bucket}: {value:.2f}]"
 
+    def _tail_sibling(self, class_id: str, language_lc: str) -> Intent | None:
+        """A code tail class's task in another language."""
+        tail = self._tails.get("code")
+        position = tail.position(class_id) if tail is not None else None
+        if tail is None or position is None:
+            return None
+        sibling = tail.sibling(position, language_lc)
+        return tail.intent(sibling) if sibling is not None else None
+
     def hard_negatives(self, intent: Intent) -> list[Intent]:
-        """Classes that differ from `intent` in one slot (other language, other entity, other topic or frame)."""
+        """Classes that differ from `intent` in one slot (other language, other entity, other topic or frame): a
+        written class's among the written ones, a tail class's among its tail neighbours."""
+        tail = self._tails.get(intent.category)
+        position = tail.position(intent.class_id) if tail is not None else None
+        if tail is not None and position is not None:
+            return [tail.intent(other) for other in tail.neighbours(position)]
         family = _family(intent.class_id)
-        return [other for other in self.intents[intent.category]
+        return [other for other in self._written[intent.category]
                 if other.class_id != intent.class_id and family & _family(other.class_id)]
 
 
@@ -156,4 +228,4 @@ def _family(class_id: str) -> set[str]:
     return {f"group:{group}"}
 
 
-__all__ = ["CATEGORIES", "FOLLOW_MARK", "FollowUp", "Meaning", "Pool", "stable_int"]
+__all__ = ["CATEGORIES", "FOLLOW_MARK", "FollowUp", "Meaning", "Pool", "Ranked", "stable_int"]

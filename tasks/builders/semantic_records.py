@@ -202,10 +202,13 @@ def user_field(record: Mapping[str, Any], place: str, default: str = "u0") -> st
     return text
 
 
-def label_field(record: Mapping[str, Any], key: str, place: str, shape: str) -> int:
-    """A 0/1 label (ints, bools, and the strings "0"/"1" of a CSV)."""
+def label_field(record: Mapping[str, Any], key: str | tuple[str, ...], place: str, shape: str) -> int:
+    """A 0/1 label (ints, bools, and the strings "0"/"1" of a CSV), under the first present of several names."""
+    keys = (key,) if isinstance(key, str) else key
+    key = next((name for name in keys if record.get(name) is not None), keys[0])
     if record.get(key) is None:
-        raise UsageError(f"{place}: missing {key!r} (expected {shape} record shape)")
+        others = "".join(f" (or {name!r})" for name in keys[1:])
+        raise UsageError(f"{place}: missing {key!r}{others} (expected {shape} record shape)")
     value = record[key]
     if isinstance(value, bool):
         return int(value)

@@ -405,7 +405,8 @@ BOOK_TEMPLATES = (
 )
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A class-id fragment: lowercase words of letters and digits joined by hyphens."""
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
@@ -413,23 +414,23 @@ def factual_intents() -> list[Intent]:
     """Stable facts: one class per (relation, entity); entities of one relation are slot variants."""
     intents = []
     for country, capital in CAPITALS:
-        intents.append(Intent(f"fact:capital:{_slug(country)}", "factual",
+        intents.append(Intent(f"fact:capital:{slug(country)}", "factual",
                               tuple(t.format(x=country) for t in CAPITAL_TEMPLATES),
                               f"The capital of {country} is {capital}.", (("entity", country),)))
     for thing, who in INVENTIONS:
-        intents.append(Intent(f"fact:inventor:{_slug(thing)}", "factual",
+        intents.append(Intent(f"fact:inventor:{slug(thing)}", "factual",
                               tuple(t.format(x=thing) for t in INVENTION_TEMPLATES),
                               f"{thing[0].upper() + thing[1:]} is credited to {who}.", (("entity", thing),)))
     for unit, whole, amount in CONVERSIONS:
-        intents.append(Intent(f"fact:convert:{_slug(unit)}-in-{_slug(whole)}", "factual",
+        intents.append(Intent(f"fact:convert:{slug(unit)}-in-{slug(whole)}", "factual",
                               tuple(t.format(a=unit, b=whole) for t in CONVERSION_TEMPLATES),
                               f"There are {amount} {unit} in {whole}.", (("entity", f"{unit} in {whole}"),)))
     for element, symbol in ELEMENTS:
-        intents.append(Intent(f"fact:symbol:{_slug(element)}", "factual",
+        intents.append(Intent(f"fact:symbol:{slug(element)}", "factual",
                               tuple(t.format(x=element) for t in ELEMENT_TEMPLATES),
                               f"The chemical symbol for {element} is {symbol}.", (("entity", element),)))
     for book, author in BOOKS:
-        intents.append(Intent(f"fact:author:{_slug(book)}", "factual",
+        intents.append(Intent(f"fact:author:{slug(book)}", "factual",
                               tuple(t.format(x=book) for t in BOOK_TEMPLATES),
                               f"{book} was written by {author}.", (("entity", book),)))
     return intents
@@ -463,7 +464,7 @@ def time_sensitive_intents() -> list[Intent]:
     intents = []
     for kind, entities, templates in TIME_SENSITIVE_KINDS:
         for entity in entities:
-            intents.append(Intent(f"live:{kind}:{_slug(entity)}", "time-sensitive",
+            intents.append(Intent(f"live:{kind}:{slug(entity)}", "time-sensitive",
                                   tuple(t.format(x=entity) for t in templates), f"{kind} of {entity}",
                                   (("entity", entity),)))
     return intents
