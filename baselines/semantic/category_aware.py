@@ -36,8 +36,8 @@ import yaml
 
 from cachebench.errors import UsageError
 from cachebench.params import param
-from cachebench.semantic.calibrate import best_threshold
 from cachebench.semantic.method import Decision, EntryMeta, Query, SemanticMethod, SemanticParams
+from cachebench.semantic.threshold_fit import best_threshold
 
 
 @dataclass(frozen=True)

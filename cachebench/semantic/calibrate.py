@@ -9,9 +9,9 @@ more than a miss), ties going to the higher threshold. A category whose requests
 thresholds (no right entry ever to be served, or no wrong one ever served even at the loosest threshold) is
 left out with a note and keeps the policy's default.
 
-The picker over (similarity, right) observations, `best_threshold`, is also what `category-aware` uses to fit
-an unknown category's threshold online (`unknown=calibrate`); this module imports nothing heavy until a task
-is calibrated, so the method can import it freely.
+The picker over (similarity, right) observations lives in cachebench.semantic.threshold_fit, which
+`category-aware` also uses to fit an unknown category's threshold online (`unknown=calibrate`) without
+importing the runner this module drives.
 """
 
 from __future__ import annotations
@@ -27,40 +27,11 @@ import yaml
 
 from cachebench.errors import UsageError
 from cachebench.semantic.scoring import Rates
+from cachebench.semantic.threshold_fit import GRID, pick
 
 if TYPE_CHECKING:
     from cachebench.semantic.embedder import Embedder
     from cachebench.semantic.stream import Stream
-
-GRID: tuple[float, ...] = tuple(round(0.50 + 0.01 * step, 2) for step in range(50))  # 0.50 .. 0.99
-_TIE = 1e-12  # F0.5 values closer than this are a tie (equal ratios computed from different counts)
-
-
-def f05_by_threshold(similarities: np.ndarray, right: np.ndarray, grid: Sequence[float] = GRID) -> np.ndarray:
-    """F0.5 of serving every observation whose similarity reaches each threshold of `grid` (0 without a right
-    hit): a right observation served is a TP, a wrong one an FP, a right one not served an FN."""
-    served = np.asarray(similarities, dtype=float)[None, :] >= np.asarray(grid, dtype=float)[:, None]
-    right = np.asarray(right, dtype=bool)[None, :]
-    tp = (served & right).sum(axis=1)
-    fp = (served & ~right).sum(axis=1)
-    fn = (~served & right).sum(axis=1)
-    return np.where(tp > 0, 1.25 * tp / np.maximum(1.25 * tp + 0.25 * fn + fp, 1e-300), 0.0)
-
-
-def pick(thresholds: Sequence[float], scores: Sequence[float]) -> tuple[float, float]:
-    """(threshold, score) of the best score, ties to the higher threshold; NaN scores never win."""
-    values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
-    order = np.argsort(np.asarray(thresholds, dtype=float), kind="stable")
-    best = values.max()
-    winner = next(i for i in order[::-1] if values[i] >= best - _TIE)
-    return float(thresholds[winner]), float(values[winner])
-
-
-def best_threshold(similarities: np.ndarray, right: np.ndarray, grid: Sequence[float] = GRID) -> tuple[float, float]:
-    """The grid threshold with the best F0.5 over (similarity, right) observations, and that F0.5; with no
-    right observation every threshold scores 0 and the tie goes to the strictest."""
-    return pick(grid, f05_by_threshold(similarities, right, grid))
-
 
 @dataclass(frozen=True)
 class CategoryFit:
