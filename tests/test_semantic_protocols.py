@@ -178,6 +178,8 @@ def test_pair_protocol_and_embedding_options_are_checked_in_one_line(tmp_path):
         (["--task", "semantic.stream", "--embed-batch", "0"], "--embed-batch must be between 1"),
         (["--task", "semantic.stream", "--embedding", "precomputed", "--embed-batch", "4"],
          "--embed-batch applies to --embedding online"),
+        (["--task", "semantic.qqp", "--requests", "50"], "--requests applies to generated tasks"),
+        (["--task", "semantic.stream", "--requests", "0"], "--requests must be between 1"),
     ]
     for args, message in cases:
         result = run_cli("eval", "--method", "threshold", *args, "--llm-cost-ms", "800", "--out", str(tmp_path))
@@ -187,3 +189,11 @@ def test_pair_protocol_and_embedding_options_are_checked_in_one_line(tmp_path):
                  "--out", str(tmp_path))
     assert kv.returncode == 2 and "--pair-protocol applies to semantic caches" in kv.stderr
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_requests_sizes_a_generated_stream_through_eval(minilm, tmp_path):
+    """--requests reaches the generator: 3,000 requests where the task's own size is 2,000, with more users."""
+    request = EvalRequest(method="exact", task="semantic.stream", requests=3000, llm_cost="800", out=tmp_path)
+    rows = run_semantic_eval(request, resolve_tasks(request.task), build_method("exact", []), embedder=minilm).rows
+    assert len(rows) == 3000 and sum(row["warmup"] for row in rows) == 300
+    assert len({row["user"] for row in rows}) == 12  # max(8, 3000 // 250)

@@ -37,8 +37,11 @@ from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, builder_mo
 def build_stream(spec: TaskSpec, request: EvalRequest) -> Stream:
     """Run the task's builder and check what every builder must deliver."""
     builder = builder_module(spec)
+    if request.requests is not None and not getattr(builder, "GENERATED", False):  # a dataset's size is its file's
+        raise UsageError(f"--requests applies to generated tasks (semantic.stream, semantic.pairs); {spec.name} "
+                         "reads its data (--limit N keeps its first N)")
     stream = builder.build_stream(StreamRequest(seed=request.seed, args=spec.builder_args, limit=request.limit,
-                                                data_path=request.data))
+                                                data_path=request.data, requests=request.requests))
     stream.warmup = spec.warmup if stream.protocol == "stream" else 0.0
     looked_up = stream.requests or [second for _, second in stream.pairs]
     if not looked_up:
