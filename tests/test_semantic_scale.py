@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from cachebench.errors import UsageError
+from cachebench.runs import EvalRequest
+from cachebench.semantic.evaluate import build_stream
 from cachebench.semantic.stream import Request, Stream, StreamRequest
 from cachebench.tasks.builders import (
     semantic_generator,
     semantic_generator_pairs,
     semantic_paws,
     semantic_qqp,
-    semantic_sembenchmark,
 )
-from cachebench.tasks.builders.semantic_knobs import MAX_REQUESTS, check_requests
+from cachebench.tasks.builders.semantic_knobs import MAX_REQUESTS
 from cachebench.tasks.builders.semantic_names import KINDS, capacity, name
 from cachebench.tasks.builders.semantic_pool import Pool
 from cachebench.tasks.builders.semantic_tail import TAIL_MARK
@@ -113,17 +114,21 @@ def test_the_requests_knob_has_the_same_bound():
         semantic_generator.build_stream(StreamRequest(seed=0, args=args))
 
 
-def test_only_generated_tasks_take_requests():
+def test_only_generated_tasks_take_requests(tmp_path):
+    """Generated builders say so (GENERATED); eval refuses --requests for any other before it reads data."""
     for task in ("semantic.stream", "semantic.pairs"):
-        check_requests(task, builder_module(all_tasks()[task]), 50_000)
+        assert builder_module(all_tasks()[task]).GENERATED is True
+    data = tmp_path / "absent.jsonl"  # never read: the refusal comes first
     for task in ("semantic.qqp", "semantic.paws", "semantic.gptcache-pairs", "semantic.contextual",
                  "semantic.sembenchmark"):
-        check_requests(task, builder_module(all_tasks()[task]), None)  # not given: nothing to refuse
+        assert not getattr(builder_module(all_tasks()[task]), "GENERATED", False)
+        request = EvalRequest(method="threshold", task=task, requests=50_000, data=str(data))
         with pytest.raises(UsageError) as caught:
-            check_requests(task, builder_module(all_tasks()[task]), 50_000)
+            build_stream(all_tasks()[task], request)
         message = str(caught.value)
         assert "\n" not in message and message.startswith("--requests applies to generated tasks") and task in message
-    assert not hasattr(semantic_sembenchmark, "GENERATED")
+    request = EvalRequest(method="threshold", task="semantic.stream", requests=3000, limit=2500)
+    assert len(build_stream(all_tasks()["semantic.stream"], request).requests) == 2500
 
 
 def test_classes_and_users_grow_with_the_stream_and_repetition_stays(large):

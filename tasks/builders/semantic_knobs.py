@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from types import ModuleType
 from typing import Any
 
 from cachebench.errors import UsageError
@@ -74,10 +73,3 @@ def requested(override: int | None, args: Mapping[str, Any], key: str, default: 
         raise UsageError(f"--requests must be between 1 and {MAX_REQUESTS:,}, got {override!r}")
     return override
 
-
-def check_requests(task: str, builder: ModuleType, requests: int | None) -> None:
-    """--requests sizes what a builder generates; a builder that reads a dataset (GENERATED unset) refuses it
-    rather than ignore it, since its size is its file's (--limit N keeps the first N)."""
-    if requests is not None and not getattr(builder, "GENERATED", False):
-        raise UsageError(f"--requests applies to generated tasks (semantic.stream, semantic.pairs); {task} reads "
-                         "its data (--limit N keeps its first N)")
