@@ -6,7 +6,8 @@ with `--requests N` and `--embedding precomputed` (cachebench.semantic.evaluate.
 process of its own so that its peak memory and wall time are its own. Per run:
 
   entries      the cache's entries at the end (threshold inserts every miss and never evicts)
-  hit/error rate  hits, and false or stale hits, per request after the warm-up (as `cachebench show` counts)
+  hit/wrong rate  hits, and wrong hits (false or stale: a row scored 0), per request after the warm-up; not
+               `cachebench show`'s error rate, which counts false hits only and gives stale hits apart
   lookup p50/p99  the rows' lookup_ms over all requests: the cache's own work per request (index search and
                decision), embedding and the document fetch excluded
   B/entry      the last row's cache_bytes / cache_entries (index, documents and per-entry metadata)
@@ -46,7 +47,7 @@ import numpy as np
 INDEXES = ("hnsw", "faiss")
 STORES = ("sqlite", "redis")
 TASK = "semantic.stream"
-COLUMNS = ("requests", "index", "store", "entries", "hit rate", "error rate", "lookup p50 ms", "lookup p99 ms",
+COLUMNS = ("requests", "index", "store", "entries", "hit rate", "wrong rate", "lookup p50 ms", "lookup p99 ms",
            "B/entry", "build s", "peak RSS GB", "wall s", "ckpt s")
 
 
