@@ -62,6 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="folder for the embedded prompts (default: the cachebench user cache)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sizes = [int(part) for part in args.requests.split(",") if part.strip()]
     args.index_list = [part for part in args.indexes.split(",") if part]
@@ -99,40 +100,44 @@ def stream_texts(requests: int, seed: int) -> list[str]:
     return list(dict.fromkeys(request.prompt for request in stream.all_requests()))
 
 
-def embedded(requests: int, seed: int, folder: Path) -> tuple[Path, float, int]:
-    """(file of the stream's embedded prompts, ms per text when they were embedded, distinct prompts); embeds
-    them unless an earlier invocation left the file."""
+def prepare(requests: int, seed: int, folder: Path) -> dict[str, Any]:
+    """The stream's prompts embedded, as `<stem>.npy` (vectors) and `<stem>.json` (texts and ms per text, written
+    last), unless an earlier invocation left them; run in a process of its own, so that the parent stays small
+    while the runs measure their memory."""
+    begun = time.perf_counter()
     texts = stream_texts(requests, seed)
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    path = folder / f"stream-{requests}-seed{seed}-{digest}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            return path, float(stored["ms_per_text"]), len(texts)
-    from cachebench.semantic.embedder import load_embedder
+    stem = folder / f"stream-{requests}-seed{seed}-{digest}"
+    index = stem.with_suffix(".json")
+    if not index.exists():
+        from cachebench.semantic.embedder import load_embedder
 
-    embedder = load_embedder()
-    chunks, spent, step = [], 0.0, 20_000
-    for start in range(0, len(texts), step):
-        begun = time.perf_counter()
-        chunks.append(embedder.encode(texts[start:start + step]))
-        spent += time.perf_counter() - begun
-        print(f"  embedded {min(start + step, len(texts)):,} / {len(texts):,} prompts ({spent:.0f} s)",
-              file=sys.stderr, flush=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp.npz")
-    ms_per_text = spent * 1000 / max(1, len(texts))
-    np.savez(partial, texts=np.array(texts), vectors=np.concatenate(chunks), ms_per_text=ms_per_text)
-    os.replace(partial, path)
-    return path, ms_per_text, len(texts)
+        embedder = load_embedder()
+        chunks, spent, step = [], 0.0, 20_000
+        for start in range(0, len(texts), step):
+            started = time.perf_counter()
+            chunks.append(embedder.encode(texts[start:start + step]))
+            spent += time.perf_counter() - started
+            print(f"  embedded {min(start + step, len(texts)):,} / {len(texts):,} prompts ({spent:.0f} s)",
+                  file=sys.stderr, flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(stem.with_suffix(".npy"), np.concatenate(chunks))
+        partial = stem.with_suffix(".json.tmp")
+        partial.write_text(json.dumps({"texts": texts, "ms_per_text": spent * 1000 / max(1, len(texts))}))
+        os.replace(partial, index)
+    ms_per_text = json.loads(index.read_text())["ms_per_text"]
+    return {"stem": str(stem), "ms_per_text": ms_per_text, "distinct": len(texts),
+            "ready_s": time.perf_counter() - begun}
 
 
-def run_child(job: dict[str, Any]) -> dict[str, Any]:
-    """One combination in a fresh process; its result, or the reason it failed."""
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
+def in_child(flag: str, job: dict[str, Any]) -> dict[str, Any]:
+    """`--flag job` in a fresh process: its JSON result, or the reason it failed."""
+    done = subprocess.run([sys.executable, __file__, flag, json.dumps(job)], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         return {**job, "error": reason}
+    sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line.startswith("  embedded")))
     return json.loads(lines[-1])
 
 
@@ -140,7 +145,7 @@ def cells(result: dict[str, Any]) -> list[str]:
     if "error" in result:
         return [f"{result['requests']:,}", result["index"], result["store"], f"failed: {result['error']}"]
     return [f"{result['requests']:,}", result["index"], result["store"], f"{result['entries']:,}",
-            f"{result['hit_rate']:.3f}", f"{result['error_rate']:.3f}", f"{result['lookup_p50_ms']:.3f}",
+            f"{result['hit_rate']:.3f}", f"{result['wrong_rate']:.3f}", f"{result['lookup_p50_ms']:.3f}",
             f"{result['lookup_p99_ms']:.3f}",
             f"{result['bytes_per_entry']:,.0f}", f"{result['build_s']:.1f}", f"{result['peak_rss_gb']:.2f}",
             f"{result['wall_s']:.0f}", f"{result['checkpoint_s']:.0f}"]
@@ -154,25 +159,27 @@ def render(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))), flush=True)
+    if args.child or args.prepare:
+        job = json.loads(args.child or args.prepare)
+        set_threads(job["threads"])
+        found = child(job) if args.child else prepare(job["requests"], job["seed"], Path(job["folder"]))
+        print(json.dumps(found), flush=True)
         return 0
-    set_threads(args.threads)
-    import torch
-
     from cachebench.errors import UsageError
     from cachebench.paths import cache_dir
-    from cachebench.provenance import hardware
     from cachebench.semantic.servers import redis_server
 
     folder = args.vectors or cache_dir() / "semantic_scale"
     results: list[dict[str, Any]] = []
     notes: list[str] = []
     for requests in args.sizes:
-        started = time.perf_counter()
-        vectors, ms_per_text, distinct = embedded(requests, args.seed, folder)
-        notes.append(f"{requests:,} requests: {distinct:,} distinct prompts, embedded at {ms_per_text:.2f} ms per "
-                     f"text (ready in {time.perf_counter() - started:.0f} s)")
+        ready = in_child("--prepare", {"requests": requests, "seed": args.seed, "folder": str(folder),
+                                       "threads": args.threads})
+        if "error" in ready:
+            notes.append(f"{requests:,} requests: could not embed the stream ({ready['error']})")
+            continue
+        notes.append(f"{requests:,} requests: {ready['distinct']:,} distinct prompts, embedded at "
+                     f"{ready['ms_per_text']:.2f} ms per text (ready in {ready['ready_s']:.0f} s)")
         for store in args.store_list:
             try:
                 server = redis_server(None) if store == "redis" else None
@@ -183,20 +190,21 @@ def main(argv: list[str]) -> int:
             try:
                 for index in args.index_list:
                     job = {"requests": requests, "index": index, "store": store, "seed": args.seed,
-                           "vectors": str(vectors), "redis_url": url, "threads": args.threads}
-                    results.append(run_child(job))
+                           "vectors": ready["stem"], "redis_url": url, "threads": args.threads}
+                    results.append(in_child("--child", job))
                     print(render(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             finally:
                 if server is not None:
                     server.__exit__(None, None, None)
-    print(f"{TASK}, threshold 0.8, seed {args.seed}, embedding precomputed, on {hardware(torch.device('cpu'))}")
+    machine = next((result["hardware"] for result in results if "hardware" in result), "this machine")
+    print(f"{TASK}, threshold 0.8, seed {args.seed}, embedding precomputed, on {machine}")
     for note in notes:
         print(f"  {note}")
     print()
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps({"notes": notes, "results": results}, indent=1))
-    return 1 if any("error" in result for result in results) else 0
+    return 1 if any("error" in result for result in results) or not results else 0
 
 
 # --- a child: one run, then the bulk build of its final entries ----------------------------------------------------
@@ -220,7 +228,9 @@ def checkpoint_timer() -> list[float]:
 
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
-    set_threads(job["threads"])
+    import torch
+
+    from cachebench.provenance import hardware
     from cachebench.registry import build_method
     from cachebench.runs import EvalRequest
     from cachebench.semantic.embedder import load_embedder
@@ -228,21 +238,24 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     from cachebench.taskspec import resolve_tasks
 
     embedder = load_embedder()
-    with np.load(job["vectors"]) as stored:
-        texts, vectors, ms = stored["texts"].tolist(), stored["vectors"], float(stored["ms_per_text"])
+    stem = Path(job["vectors"])
+    stored = json.loads(stem.with_suffix(".json").read_text())
+    vectors = np.load(stem.with_suffix(".npy"), mmap_mode="r")  # file-backed: the run's own copy is the one counted
     embedder.remember = True  # the runner's precomputed embedding finds every prompt here: no encode
-    embedder._memo.update((text, (vector, ms)) for text, vector in zip(texts, vectors, strict=True))
-    del texts, vectors
+    ms = stored["ms_per_text"]
+    embedder._memo.update((text, (vector, ms)) for text, vector in zip(stored["texts"], vectors, strict=True))
+    del stored
     params = [f"index={job['index']}", f"store={job['store']}"]
     if job["redis_url"]:
         params.append(f"redis_url={job['redis_url']}")
+    method = build_method("threshold", params)
+    inserted = entry_vectors(method)
     spent = checkpoint_timer()
     with tempfile.TemporaryDirectory() as out:
         request = EvalRequest(method="threshold", task=TASK, params=tuple(params), seed=job["seed"],
                               requests=job["requests"], embedding="precomputed", llm_cost="800", out=Path(out))
         begun = time.perf_counter()
-        outcome = run_semantic_eval(request, resolve_tasks(TASK), build_method("threshold", params),
-                                    embedder=embedder)
+        outcome = run_semantic_eval(request, resolve_tasks(TASK), method, embedder=embedder)
         wall = time.perf_counter() - begun
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     rows = outcome.rows
@@ -254,12 +267,11 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"{len(failed)} rows failed, e.g. {failed[0]['error']}")
     lookups = np.array([row["lookup_ms"] for row in rows], dtype=np.float64)
     scored = [row for row in rows if not row["warmup"]]
-    inserted = [embedder._memo[prompt][0] for prompt in _prompts(rows, job)]
     return {
         **{key: job[key] for key in ("requests", "index", "store")},
         "entries": rows[-1]["cache_entries"],
         "hit_rate": float(np.mean([row["hit"] for row in scored])),
-        "error_rate": float(np.mean([row["score"] == 0 for row in scored])),
+        "wrong_rate": float(np.mean([row["score"] == 0 for row in scored])),
         "lookup_p50_ms": float(np.percentile(lookups, 50)),
         "lookup_p99_ms": float(np.percentile(lookups, 99)),
         "bytes_per_entry": rows[-1]["cache_bytes"] / max(1, rows[-1]["cache_entries"]),
@@ -267,19 +279,24 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_gb": peak,
         "wall_s": wall,
         "checkpoint_s": spent[0],
+        "hardware": hardware(torch.device("cpu")),
     }
 
 
-def _prompts(rows: list[dict[str, Any]], job: dict[str, Any]) -> list[str]:
-    """The prompts of the missed requests, in order: what threshold inserted (it never evicts)."""
-    from cachebench.semantic.stream import StreamRequest
-    from cachebench.taskspec import all_tasks, builder_module
+def entry_vectors(method: Any) -> list[np.ndarray]:
+    """The vector of every entry `method` inserts, gathered as it goes (threshold never evicts, so these are the
+    final entries): what the bulk build is timed on."""
+    found: list[np.ndarray] = []
+    inner = method.record_miss
 
-    spec = all_tasks()[TASK]
-    stream = builder_module(spec).build_stream(StreamRequest(seed=job["seed"], args=spec.builder_args,
-                                                             requests=job["requests"]))
-    prompt_of = {request.request_id: request.prompt for request in stream.requests}
-    return [prompt_of[row["episode_id"]] for row in rows if not row["hit"]]
+    def record_miss(query: Any, response: str, decision: Any) -> int | None:
+        key = inner(query, response, decision)
+        if key is not None and query.embedding is not None:
+            found.append(query.embedding)
+        return key
+
+    method.record_miss = record_miss
+    return found
 
 
 def bulk_build(index: str, vectors: np.ndarray) -> float:
