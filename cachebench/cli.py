@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import warnings
@@ -447,6 +448,10 @@ def main() -> None:
             os.environ.setdefault(name, value)  # read by the libraries when they are first imported
         warnings.simplefilter("ignore")
         logging.getLogger().setLevel(logging.ERROR)  # loggers without handlers print warnings via logging's last resort
+    # A signal mask is inherited: a parent that had SIGINT or SIGTERM blocked (a thread-heavy launcher) would make
+    # Ctrl-C and `kill` do nothing here, and a run meant to stop would go on. Handlers set to be ignored (a shell's
+    # background job) are left as they are.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     abort, click_error = _click_exception_types("Abort"), _click_exception_types("ClickException")
     try:
         code = app(standalone_mode=False)

@@ -98,12 +98,15 @@ def test_truncate_middle_is_recorded(tmp_path):
     assert all(r["truncated_tokens"] > 100 and r["context_tokens"] < 1024 for r in rows)
 
 
-def test_interrupted_run_keeps_finished_rows(tmp_path):
+@pytest.mark.parametrize("inherited_mask", [False, True], ids=["plain", "sigint-blocked-by-parent"])
+def test_interrupted_run_keeps_finished_rows(tmp_path, inherited_mask):
+    """Ctrl-C keeps the finished rows, also when the launching process had SIGINT blocked (a mask is inherited)."""
+    block = (lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})) if inherited_mask else None
     process = subprocess.Popen(
         [*CLI, "eval", "--method", "full", "--task", "multiturn.passkey", "--limit", "20", "--out", str(tmp_path),
          "--quiet"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "CACHEBENCH_CHECKPOINT_SECONDS": "0"},
+        env={**os.environ, "CACHEBENCH_CHECKPOINT_SECONDS": "0"}, preexec_fn=block,
     )
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("*.parquet")) and time.monotonic() < deadline:
