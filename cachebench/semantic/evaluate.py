@@ -205,7 +205,7 @@ def _run_stream(method: SemanticMethod, embedder: Embedder, request: EvalRequest
     pair_protocol = request.pair_protocol or spec.pair_protocol or "retrieval"
     mode = row_mode(stream, pair_protocol)
     runner = StreamRunner(method, embedder, request.embedding, request.embed_batch)
-    embedding = embed_label(runner.embed_mode, request.embed_batch)
+    embedding = embed_label(runner.vectors.mode, request.embed_batch)
     if (line := method.protocol_warning(mode)) is not None:
         warnings.append(f"{spec.name}: {line}")
 

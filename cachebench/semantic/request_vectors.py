@@ -48,11 +48,6 @@ class RequestVectors:
         self._mean_ms = 0.0
         self._keep: set[str] = set()  # online: request ids some later request names as its parent
 
-    @property
-    def label(self) -> str:
-        """How rows name the mode."""
-        return self.mode
-
     def prepare(self, stream: Stream) -> None:
         """Before the first lookup: precomputed embeds every distinct text; online embeds only the ancestors that
         are not looked up themselves (a pair file's main queries, which arrived before the stream began)."""

@@ -85,10 +85,6 @@ class StreamRunner:
         self._failures_in_a_row = 0
         self._broken: str | None = None  # the error given to every later request once the cache is taken as broken
 
-    @property
-    def embed_mode(self) -> str:
-        return self.vectors.label
-
     def run(self, stream: Stream, on_result: Callable[[RequestResult], None] = lambda result: None,
             pair_protocol: str = "retrieval") -> list[RequestResult]:
         self._by_id = {request.request_id: request for request in stream.all_requests()}
