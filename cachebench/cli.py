@@ -22,7 +22,7 @@ import typer
 
 from cachebench.errors import RunInterrupted, UsageError
 from cachebench.perf_cli import register as register_perf
-from cachebench.suite_cli import register as register_suite
+from cachebench.sweep_cli import register as register_sweep
 
 # rich_markup_mode=None: click's plain help wraps long option names onto their own line where rich's boxed table
 # cuts them short at 80 columns ("--no-golden-hist…"), and it spares `--help` the import of rich.
@@ -35,7 +35,7 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="List what can be run.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
-register_suite(app)
+register_sweep(app)
 register_perf(app)
 
 
@@ -147,12 +147,18 @@ def eval_command(
     model_args: Annotated[list[str] | None, typer.Option(help="key=value settings for the model's "
                                                               "from_pretrained, comma-separated (revision=main,"
                                                               "trust_remote_code=true); repeatable.")] = None,
+    shard: Annotated[str | None, typer.Option(help="Run shard I/N of each task's episodes (I counted from 0): a "
+                                                   "contiguous block, N shards together are the whole run; KV "
+                                                   "tasks. Rows record it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the file "
                                                               "path.")] = False,
 ) -> None:
     """Run a cache method on a task with the embedded model (or --model) and write one Parquet row per turn (KV)
     or per request (semantic caches). METHOD may be a plugin's package.module:Class; TASK a task YAML's path."""
     _check_names(method, task, list(param or ()), tuple(include_path or ()), data, mode)
+    from cachebench.shards import parse_shard
+
+    shard_pair = None if shard is None else parse_shard(shard)
     if model_args:
         from cachebench.models.loading import parse_model_args
 
@@ -167,7 +173,7 @@ def eval_command(
         seed=seed, out=out, truncate=truncate, max_new_tokens=max_new_tokens, data=data,
         compression=compression, embedder=embedder, llm_cost=llm_cost_ms, include_path=tuple(include_path or ()),
         model_args=tuple(model_args or ()), pair_protocol=pair_protocol, embedding=embedding,
-        embed_batch=embed_batch, requests=requests,
+        embed_batch=embed_batch, requests=requests, shard=shard_pair,
     )
     console = Console(stderr=True)
     progress = None if quiet else _RichProgress(console)

@@ -46,6 +46,14 @@ from cachebench.runs import (
     run_identity,
     sigterm_as_interrupt,
 )
+from cachebench.shards import (
+    check_run_id,
+    check_shard,
+    earlier_rows,
+    finished_episodes,
+    select_shard,
+    shard_label,
+)
 from cachebench.taskspec import MAX_LIMIT, TaskSpec, builder_module, check_data, check_mode, resolve_tasks
 
 
@@ -65,6 +73,8 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
         raise UsageError(f"--limit must be at most {MAX_LIMIT}, got {request.limit}")
     if not 0 <= request.seed <= INT64_MAX:
         raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
+    check_shard(request.shard)
+    check_run_id(request.run_id)
     for name, given in (("--pair-protocol", request.pair_protocol is not None),
                         ("--embedding", request.embedding != "online"), ("--embed-batch", request.embed_batch != 1),
                         ("--requests", request.requests is not None)):
@@ -203,8 +213,11 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
     check_output_dir(request.out)
     # episodes first, with the tokenizer alone: a bad data file is reported before the weights load
     tokenizer = model.tokenizer if model is not None else load_tokenizer(request.model)
-    built = [(spec, build_episodes(spec, request, tokenizer)) for spec in specs]
+    built = [(spec, select_shard(build_episodes(spec, request, tokenizer), request.shard)) for spec in specs]
     planned = sum(len(episode.turns) for _, episodes in built for episode in episodes)
+    rows, built = _continued(request, built)
+    if rows and not any(episodes for _, episodes in built):  # a finished run with this id: nothing to recompute
+        return EvalOutcome(request.out / f"{request.run_id}.parquet", rows, 0)
     check_room(request.out, planned)
     model = model or load_model(request.model, request.dtype, request.device, request.attn_impl, request.model_args)
     torch.manual_seed(request.seed)
@@ -215,15 +228,15 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
         plan.append((spec, settings, prepare_episodes(episodes, spec, model, chat, settings)))
 
     name, identity = run_identity(
-        request.seed, method, model=model.name, model_weights=model.weights, dtype=model.dtype_name,
-        device=str(model.device), hardware=provenance.hardware(model.device), attn_impl=model.attn_impl,
-        timer=Clock(model.device).method,
+        request.seed, method, run_id=request.run_id, model=model.name, model_weights=model.weights,
+        dtype=model.dtype_name, device=str(model.device), hardware=provenance.hardware(model.device),
+        attn_impl=model.attn_impl, timer=Clock(model.device).method, shard=shard_label(request.shard),
     )
     warm_up(model)
     method.attach(model)
 
-    rows: list[dict[str, Any]] = []
-    writer = RunWriter(request.out / name, rows, planned)
+    # a run with a stable id checkpoints after every episode (RunWriter bounds the cost), so a kill loses at most one
+    writer = RunWriter(request.out / name, rows, planned, interval=0.0 if request.run_id else 30.0)
     errors = 0
     try:
         with sigterm_as_interrupt():
@@ -237,6 +250,22 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
         raise
     where = writer.finish(complete=True)
     return EvalOutcome(where, rows, errors, writer.problem, _store_warnings(rows))
+
+
+def _continued(request: EvalRequest, built: list[tuple[TaskSpec, list[Episode]]]
+               ) -> tuple[list[dict[str, Any]], list[tuple[TaskSpec, list[Episode]]]]:
+    """(the rows an earlier run with this stable id already holds, the episodes still to run). An episode counts
+    as finished when its rows are there without an error; an episode that failed (out of memory, a store that
+    died) is run again and its error rows dropped, so a rerun retries failures and recomputes nothing else."""
+    if request.run_id is None:
+        return [], built
+    earlier, _ = earlier_rows(request.out / f"{request.run_id}.parquet", request.run_id)
+    failed = {(row["task"], row["episode_id"]) for row in earlier if row.get("error") is not None}
+    kept = [row for row in earlier if (row["task"], row["episode_id"]) not in failed]
+    done = finished_episodes(kept)
+    remaining = [(spec, [episode for episode in episodes if (spec.name, episode.episode_id) not in done])
+                 for spec, episodes in built]
+    return kept, remaining
 
 
 def _run_task(spec: TaskSpec, settings: RunSettings, prepared_episodes: list[PreparedEpisode], model: LoadedModel,

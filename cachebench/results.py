@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from cachebench.derived import derive
 from cachebench.errors import UsageError
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 REUSE_TIERS = ("device", "cpu", "disk")  # where a reuse method's store found blocks
 _TIER_COLUMNS = tuple(f"reused_{tier}_tokens" for tier in REUSE_TIERS)
 # semantic-track columns added in version 4 (null on KV rows)
@@ -34,16 +34,20 @@ _DERIVED_V7 = ("track", "cell_params", "context_length", "request_ttft_ms", "exa
 # semantic-track column added in version 8: how request embeddings were computed and charged (null in older files:
 # a batch computed up front, its mean time per text charged to each request)
 _SEMANTIC_V8 = ("embed_mode",)
+# column added in version 9: which part of a cell's episodes a run held (`eval --shard`, sweeps; null: all of them)
+_SHARD_V9 = ("shard",)
 # older versions are read by adding the columns they lack as nulls, then deriving what can be derived
 UPGRADABLE = {
     "1": ("compression", *_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7,
-          *_SEMANTIC_V8),
-    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
-    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
-    "4": ("peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
-    "5": (*_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8),
-    "6": (*_DERIVED_V7, *_SEMANTIC_V8),
-    "7": _SEMANTIC_V8,
+          *_SEMANTIC_V8, *_SHARD_V9),
+    "2": (*_TIER_COLUMNS, "reuse_load_ms", *_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8,
+          *_SHARD_V9),
+    "3": (*_SEMANTIC_V4, "peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8, *_SHARD_V9),
+    "4": ("peak_kv_bytes", *_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8, *_SHARD_V9),
+    "5": (*_RUN_V6, *_DERIVED_V7, *_SEMANTIC_V8, *_SHARD_V9),
+    "6": (*_DERIVED_V7, *_SEMANTIC_V8, *_SHARD_V9),
+    "7": (*_SEMANTIC_V8, *_SHARD_V9),
+    "8": _SHARD_V9,
 }
 METADATA_KEY = b"cachebench.schema_version"
 RUN_STATE_KEY = b"cachebench.run"  # {"complete": bool, "planned_rows": int, "rows": int}, since version 6
@@ -74,6 +78,7 @@ SCHEMA = pa.schema(
         ("attn_impl", pa.string()),
         ("timer", pa.string()),
         ("truncation", pa.string()),
+        ("shard", pa.string()),  # "I/N": the run held shard I (from 0) of the cell's episodes split N ways; null: all
         # the item
         ("episode_id", pa.string()),
         ("turn", pa.int32()),

@@ -51,6 +51,10 @@ class EvalRequest:
     embedding: str = "online"  # online: each request embedded as it arrives; precomputed: one batch up front
     embed_batch: int = 1  # online mode: requests embedded together, as a serving system's micro-batch
     requests: int | None = None  # generated semantic tasks: requests (pairs) to generate (None: the task's)
+    # sharding and stable identity (sweeps): run shard I of N of each task's episodes; with `run_id`, the file is
+    # OUT/<run_id>.parquet and a partial file of that id is continued (its finished episodes kept, not rerun)
+    shard: tuple[int, int] | None = None
+    run_id: str | None = None
 
 
 @dataclass
@@ -93,22 +97,27 @@ class RunWriter:
 
     RETRIES = 3
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]], planned: int) -> None:
+    def __init__(self, path: Path, rows: list[dict[str, Any]], planned: int, interval: float = 30.0) -> None:
         self.path, self.rows, self.planned = path, rows, planned
-        self.interval = float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", "30"))
+        self.interval = float(os.environ.get("CACHEBENCH_CHECKPOINT_SECONDS", interval))
         self.problem: str | None = None  # why the rows are not (only) at `path`, for the final message
         self._last = time.monotonic()
+        self._write_seconds = 0.0  # how long the last checkpoint took
         self._warned = False
 
     def maybe(self) -> None:
-        """A checkpoint when the interval has passed since the last one."""
-        if time.monotonic() - self._last >= self.interval:
+        """A checkpoint when the interval has passed since the last one, and at least four times as long as the
+        last checkpoint took: each checkpoint re-writes every row, so a short interval on a long run would
+        otherwise spend most of its time writing (the wait keeps writing under a fifth of the run)."""
+        if time.monotonic() - self._last >= max(self.interval, 4 * self._write_seconds):
             self.checkpoint()
 
     def checkpoint(self) -> None:
+        started = time.monotonic()
         if self.rows:
             self._try(self.path, complete=False)
         self._last = time.monotonic()
+        self._write_seconds = self._last - started
 
     def finish(self, complete: bool) -> Path | None:
         """The final write: where the rows are (None when there are none, or when no folder would take them).
@@ -225,11 +234,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_identity(seed: int, method: Any, **what_ran: Any) -> tuple[Path, dict[str, Any]]:
-    """A new run's id (the file name) and the identity columns every row of it carries: when, which code, which
-    seed and method, and `what_ran` (model, dtype, device, hardware, timer, ...)."""
+def run_identity(seed: int, method: Any, run_id: str | None = None, **what_ran: Any) -> tuple[Path, dict[str, Any]]:
+    """The run's id (the file name: `run_id` when the caller gives a stable one, else a new one) and the identity
+    columns every row of it carries: when, which code, which seed and method, and `what_ran` (model, dtype,
+    device, hardware, timer, shard, ...)."""
     created = provenance.utc_now()
-    run_id = provenance.new_run_id(created)
+    run_id = run_id or provenance.new_run_id(created)
     identity = {
         "run_id": run_id,
         "created_at": created,

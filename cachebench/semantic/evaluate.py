@@ -31,6 +31,7 @@ from cachebench.semantic.method import SemanticMethod
 from cachebench.semantic.request_vectors import check_embedding
 from cachebench.semantic.runner import RequestResult, StreamRunner, row_mode
 from cachebench.semantic.stream import PAIR_PROTOCOLS, Stream, StreamRequest
+from cachebench.shards import check_run_id, earlier_rows, shard_label
 from cachebench.taskspec import MAX_LIMIT, SEMANTIC_METRIC, TaskSpec, builder_module, check_data
 
 
@@ -78,6 +79,10 @@ def _check(request: EvalRequest, specs: list[TaskSpec]) -> dict[str, float]:
     if not 0 <= request.seed <= INT64_MAX:
         raise UsageError(f"--seed must be between 0 and {INT64_MAX}, got {request.seed}")
     check_data(request.data, specs, request.task)
+    if request.shard is not None and request.shard[1] > 1:
+        raise UsageError("--shard applies to KV tasks: a semantic cache's state is the stream so far, so its "
+                         "requests cannot be split between workers")
+    check_run_id(request.run_id)
     costs = parse_llm_cost(request.llm_cost)
     if not all(math.isfinite(cost) for cost in costs.values()):  # nan passes `cost <= 0`; inf breaks h* and F
         raise UsageError(f"--llm-cost-ms {request.llm_cost!r}: costs must be finite numbers of milliseconds")
@@ -150,15 +155,22 @@ def run_semantic_eval(request: EvalRequest, specs: list[TaskSpec], method: Seman
     check_output_dir(request.out)
     streams = [build_stream(spec, request) for spec in specs]  # a bad data file is reported before any load
     planned = sum(_looked_up(stream) for stream in streams)
+    if request.run_id is not None:  # a stable id: a finished run is kept; a killed one restarts (see below)
+        earlier, finished = earlier_rows(request.out / f"{request.run_id}.parquet", request.run_id)
+        if finished and not any(row.get("error") for row in earlier):
+            return EvalOutcome(request.out / f"{request.run_id}.parquet", earlier, 0)
     check_room(request.out, planned)
     from cachebench.models.loading import resolve_device
 
     embedder = embedder or load_embedder(request.embedder, str(resolve_device(request.device)))
     name, identity = run_identity(
-        request.seed, method, model=embedder.name, model_weights="pretrained", dtype="float32",
-        device=embedder.device, hardware=provenance.hardware(torch.device("cpu")), timer="perf_counter",
+        request.seed, method, run_id=request.run_id, model=embedder.name, model_weights="pretrained",
+        dtype="float32", device=embedder.device, hardware=provenance.hardware(torch.device("cpu")),
+        timer="perf_counter", shard=shard_label(request.shard),
     )
-    run_id = identity["run_id"]
+    # the stores' namespace is new on every run, also for a stable id: a killed run's entries may still be on a
+    # server, and a cache's state is the stream so far, so a semantic run is never continued, only run again
+    run_id = provenance.new_run_id(identity["created_at"])
     method.open(embedder.dim, f"{run_id}-0")  # an unreachable store server fails here, before any work
     plan = []
     try:
