@@ -1,12 +1,13 @@
-"""Quality versus budget for the KV-compression methods, each relative to `full` measured in the same run.
+"""Quality versus budget for the KV-compression methods, each relative to `full` measured in the same sweep.
 
-Runs every method at each compression ratio on the default multiturn task, in both SCBench modes and both
-compression settings, with one model load. All rows go to one Parquet file (re-written after every run, so an
-interrupted sweep keeps what finished); the printed Markdown table gives, per method and ratio, the score and
-each cost as a ratio to `full` under the same mode and setting.
+The sweep itself is data, `benchmarks/sweeps/kv_eviction.yaml` (every eviction method at each compression ratio on
+the default multiturn task, in both SCBench modes and both compression settings, `full` beside them); this script
+prints its tables from the results folder: per method and ratio the score, and each cost as a ratio to `full`
+under the same mode and setting.
 
-    .venv/bin/python benchmarks/kv_eviction.py                      # the committed sweep (about 55 min on 2 CPU cores)
-    .venv/bin/python benchmarks/kv_eviction.py --limit 2 --ratios 0.5 --methods snapkv   # a quick look
+    .venv/bin/cachebench sweep run benchmarks/sweeps/kv_eviction.yaml --out results/sweeps/kv_eviction
+    .venv/bin/python benchmarks/kv_eviction.py                                   # the tables of that folder
+    .venv/bin/python benchmarks/kv_eviction.py --results runs/mine --markdown table.md
 """
 
 from __future__ import annotations
@@ -15,31 +16,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv", "tokenselect", "razorattention"]
-RATIOS = [0.25, 0.5, 0.75, 0.9]
-MODES = ["multi-turn", "multi-request"]
-SETTINGS = ["query-agnostic", "query-aware"]
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="multiturn")
-    parser.add_argument("--limit", type=int, default=10, help="episodes per run (each has 4 turns)")
-    parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
-    parser.add_argument("--modes", nargs="+", default=MODES)
-    parser.add_argument("--settings", nargs="+", default=SETTINGS)
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/kv_eviction.parquet"))
+    parser.add_argument("--results", type=Path, default=Path("results/sweeps/kv_eviction"),
+                        help="a folder (or file) of the sweep's results")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
-    parser.add_argument("--from-parquet", type=Path, help="print the tables of an earlier sweep's file; run nothing")
     return parser.parse_args(argv)
 
 
@@ -101,65 +87,29 @@ def score_grid(summary: dict[tuple, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def method_note(method: Any) -> str:
-    """TokenSelect's per-step selection cost, which its rows' decode time includes but does not break out."""
-    steps = getattr(method, "selection_steps", 0)
-    if not steps:
-        return ""
-    per_layer_step = getattr(method, "selection_ms_total", 0.0) / steps
-    reused = getattr(method, "reused_selections", 0)
-    return f"selection {per_layer_step:.2f} ms per layer per decode step, {reused / steps:.0%} reused"
-
-
 def render(summary: dict[tuple, dict[str, float]], extras: dict[tuple, str]) -> str:
     return score_grid(summary) + "\n\n" + table(summary, extras)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.from_parquet:
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(args.from_parquet).to_pylist()
-        print(render(summarize(rows), {}))
-        return 0
     from cachebench.errors import UsageError
-    from cachebench.eval_run import EvalRequest, run_eval
-    from cachebench.models.loading import load_model
-    from cachebench.registry import build_method
-    from cachebench.results import write_atomic
+    from cachebench.resultdb import open_results
 
-    model = load_model(args.model, "auto", args.device, "sdpa")
-    rows: list[dict[str, Any]] = []
-    extras: dict[tuple, str] = {}
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as scratch:
-        for mode in args.modes:
-            for setting in args.settings:
-                plan = [("full", None)] + [(m, r) for m in args.methods for r in args.ratios]
-                for name, ratio in plan:
-                    params = () if ratio is None else (f"ratio={ratio}",)
-                    request = EvalRequest(method=name, task=args.task, params=params, model=args.model,
-                                          device=args.device, mode=mode, limit=args.limit, out=Path(scratch),
-                                          compression=setting)
-                    try:
-                        method = build_method(name, list(params))
-                        outcome = run_eval(request, model=model, method=method)
-                    except UsageError as exc:
-                        print(f"error: {exc}", file=sys.stderr)
-                        return 2
-                    rows.extend(outcome.rows)
-                    note = method_note(method)
-                    if note:
-                        extras[(mode, setting, name, ratio)] = note
-                    write_atomic(rows, args.out)
-                    print(f"[{time.monotonic() - started:6.0f}s] {mode} {setting} {name} {ratio}: "
-                          f"{mean([r['score'] for r in outcome.rows]):.3f}", file=sys.stderr, flush=True)
-    text = render(summarize(rows), extras)
-    from cachebench.provenance import hardware
-
-    print(f"model {model.name} ({model.dtype_name}) on {hardware(model.device)}, {args.limit} episodes per run, "
-          f"task {args.task}\n")
+    try:
+        connection, _, _ = open_results([args.results])
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # `items`: each (cell, episode, turn) once, however often a shard was resumed (cachebench.cells)
+    table = connection.sql("SELECT * FROM items").to_arrow_table()
+    rows = table.to_pylist()
+    text = render(summarize(rows), {})
+    first = rows[0]
+    episodes = len({(r["method"], r["cell_params"], r["mode"], r["compression"], r["episode_id"]) for r in rows})
+    cells = len({(r["method"], r["cell_params"], r["mode"], r["compression"]) for r in rows})
+    print(f"model {first['model']} ({first['dtype']}) on {first['hardware']}; {cells} cells, {episodes} episodes, "
+          f"{len(rows)} rows, task {first['task']}\n")
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

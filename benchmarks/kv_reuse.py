@@ -9,6 +9,10 @@ first token) and its ratio to full, and how much of the context was reused and r
     .venv/bin/python benchmarks/kv_reuse.py                           # the committed run
     .venv/bin/python benchmarks/kv_reuse.py --limit 4 --ratios 0.15    # a quick look
     .venv/bin/python benchmarks/kv_reuse.py --from-parquet results/benchmarks/kv_reuse.parquet
+
+The grid is also a sweep file, `benchmarks/sweeps/kv_reuse.yaml`, which runs resumably (and on Ray) with
+`cachebench sweep run benchmarks/sweeps/kv_reuse.yaml --out results/sweeps/kv_reuse`; `--from-parquet` reads that
+folder too.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ All rows go to one Parquet file, re-written after every run.
 
     .venv/bin/python benchmarks/longconvqa.py                      # the committed run (see docs/benchmarks.md)
     .venv/bin/python benchmarks/longconvqa.py --limit 1 --context-tokens 2048 --keeps 0.25 --lengths 1024 2048
+
+The grid is also a sweep file, `benchmarks/sweeps/longconvqa.yaml`, which runs resumably (and on Ray) with
+`cachebench sweep run benchmarks/sweeps/longconvqa.yaml --out results/sweeps/longconvqa`; `--from-parquet` reads that
+folder too.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Prints Markdown tables; all rows go to one Parquet file.
     .venv/bin/python benchmarks/semantic_caches.py                     # the committed run (needs Redis; starts Chroma)
     .venv/bin/python benchmarks/semantic_caches.py --limit 400 --stores memory sqlite
     .venv/bin/python benchmarks/semantic_caches.py --from-parquet results/benchmarks/semantic.parquet
+
+The grid is also a sweep file, `benchmarks/sweeps/semantic.yaml`, which runs resumably (and on Ray) with
+`cachebench sweep run benchmarks/sweeps/semantic.yaml --out results/sweeps/semantic`; `--from-parquet` reads that
+folder too.
 """
 
 from __future__ import annotations

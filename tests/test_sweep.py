@@ -150,6 +150,19 @@ def test_plan_of_a_grid_with_a_misspelt_method_or_an_out_of_range_param_runs_not
         assert not out.exists()
 
 
+def test_the_ray_executor_without_ray_installed_is_one_line_and_writes_nothing(tmp_path):
+    fake = tmp_path / "site"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    path = _write(tmp_path, "grid:\n  - {method: full, task: multiturn, limit: 1}\n")
+    out = tmp_path / "out"
+    result = run_cli("sweep", "run", str(path), "--out", str(out), "--executor", "ray", env={"PYTHONPATH": str(fake)})
+    assert_usage_error(result, "--executor ray needs Ray: pip install 'cachebench[ray]'", tmp_path)
+    assert not out.exists()
+    assert_usage_error(run_cli("sweep", "run", str(path), "--out", str(out), "--executor", "dask"),
+                       "--executor 'dask': expected one of local, ray", tmp_path)
+
+
 def test_a_sweep_will_not_mix_its_cells_with_other_result_files(tmp_path):
     sweep = parse_sweep("grid:\n  - {method: full, task: multiturn}\n", "mine.yaml", "mine")
     (tmp_path / "old.parquet").write_bytes(b"")
@@ -384,3 +397,26 @@ def test_ctrl_c_stops_a_sweep_with_exit_130_and_keeps_finished_shards(tmp_path):
     assert sum(_file_states(out).values()) >= 1
     status = run_cli("sweep", "status", str(out))
     assert status.returncode == 0 and " done" in status.stdout and "pending" in status.stdout
+
+
+def test_the_progress_view_counts_shards_rows_and_an_eta(capsys):
+    from cachebench.sweep.progress import SweepView
+    from cachebench.sweep.work import ShardResult
+
+    sweep = parse_sweep("grid:\n  - {methods: {snapkv: {ratio: [0.25, 0.5, 0.75]}}, task: multiturn, shards: 2}\n",
+                        "x", "x")
+    parts = list(shards(sweep))
+    view = SweepView(live=False)
+    view.begin(total=len(parts), kept=2, workers=2)
+    assert view.eta_seconds() is None  # nothing measured yet: no made-up ETA
+    for shard, seconds in zip(parts[2:4], (10.0, 30.0), strict=True):
+        view.shard_started(shard, "host:1")
+        view.shard_done(shard, ShardResult(shard.run_id, "done", 8, 8, 0, seconds, 0.5, "host:1"))
+    failed = parts[4]
+    view.shard_started(failed)
+    view.shard_done(failed, ShardResult(failed.run_id, "failed", 0, 0, 0, 20.0, None, "host:1", "boom"))
+    assert (view.done, view.failed, view.rows) == (4, 1, 16)
+    assert view.eta_seconds() == pytest.approx(1 * 20.0 / 2)  # one shard left x mean 20 s over 2 workers
+    assert "0 running, 1 failed, 1 pending" in view._line()
+    err = capsys.readouterr().err
+    assert "6 shards, 2 already done, 4 to run on 2 workers" in err and "FAILED: boom" in err

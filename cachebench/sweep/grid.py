@@ -79,7 +79,8 @@ class Cell:
     @property
     def stem(self) -> str:
         """The cell's file-name stem: readable, and unique through the key."""
-        readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{self.method}-{Path(self.task).stem}")[:80].strip("._-")
+        task = Path(self.task).stem if self.task.endswith((".yaml", ".yml")) else self.task  # a task file: its name
+        readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{self.method}-{task}")[:80].strip("._-")
         return f"{readable or 'cell'}-{self.key}"
 
     def run_id(self, shard: int) -> str:

@@ -50,7 +50,7 @@ class SweepWorker:
         return worker_name()
 
 
-def _ray() -> Any:
+def import_ray() -> Any:
     try:
         import ray
     except ImportError:
@@ -92,7 +92,7 @@ def run_ray(todo: list[Shard], out: Path, view: SweepView, record: Any, results:
             address: str | None, workers: int | None, total: int, kept: int) -> tuple[float, int]:
     """Run `todo` on Ray workers; returns (seconds Ray took to start, workers used). Every attempt's result goes
     to `record` and `results` as it arrives."""
-    ray = _ray()
+    ray = import_ray()
     began = time.monotonic()
     started_here = _start(ray, address)
     try:

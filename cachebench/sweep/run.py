@@ -83,6 +83,10 @@ def run_sweep(sweep: Sweep, out: Path, executor: str = "local", view: SweepView 
     if executor == "local" and (address is not None or workers not in (None, 1)):
         raise UsageError("--address and --workers apply to --executor ray")
     check_sweep(sweep, out)  # every cell, before the folder is touched
+    if executor == "ray":
+        from cachebench.sweep.ray_executor import import_ray
+
+        import_ray()  # not installed: one line, nothing written
     check_out(sweep, out)
     before = sweep_states(sweep, out)
     todo = [state.shard for state in before if state.state != "done"]
