@@ -8,6 +8,7 @@ import hashlib
 import html as markup
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -350,3 +351,18 @@ def test_linked_result_files_are_published_inside_the_site(tmp_path):
         assert (site / href).read_bytes() == Path(markup.unescape(text)).read_bytes()
     build_site([tmp_path / "a", tmp_path / "b"], site)  # a rebuild replaces the same names
     assert sorted(p.name for p in (site / "data").iterdir()) == sorted(href.split("/")[-1] for href in links)
+
+
+def test_the_published_leaderboard_is_built_from_the_committed_sweep_results():
+    """leaderboard/ (README: `cachebench leaderboard results/sweeps --out leaderboard`) links only inside itself,
+    and its data files are exactly the committed sweep results, so every figure on it is regenerable."""
+    repo = Path(__file__).resolve().parent.parent
+    site, results = repo / "leaderboard", repo / "results" / "sweeps"
+    page = (site / "index.html").read_text(encoding="utf-8")
+    links = set(re.findall(r'href="(data/[^"#]+)"', page))
+    assert links and all(".." not in link and (site / link).is_file() for link in links)
+    published = {hashlib.sha256((site / link).read_bytes()).hexdigest() for link in links}
+    committed = {hashlib.sha256(path.read_bytes()).hexdigest() for path in results.rglob("*.parquet")}
+    assert published == committed, "refresh the site: cachebench leaderboard results/sweeps --out leaderboard"
+    assert {path.name for path in (site / "data").iterdir()} == {link.split("/", 1)[1] for link in links}
+    assert f"{read_results([results]).num_rows:,}" in page or str(read_results([results]).num_rows) in page

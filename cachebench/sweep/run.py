@@ -12,6 +12,7 @@ from typing import Any
 
 from cachebench import provenance
 from cachebench.errors import RunInterrupted, UsageError
+from cachebench.runs import sigterm_as_interrupt
 from cachebench.sweep.check import check_sweep
 from cachebench.sweep.grid import Sweep
 from cachebench.sweep.progress import SweepView
@@ -98,13 +99,14 @@ def run_sweep(sweep: Sweep, out: Path, executor: str = "local", view: SweepView 
     results: list[ShardResult] = []
     startup, count = 0.0, 1
     try:
-        if executor == "local":
-            view.begin(len(before), kept, 1)
-            _run_local(todo, out, view, record, results)
-        else:
-            from cachebench.sweep.ray_executor import run_ray
+        with sigterm_as_interrupt():  # between shards too: a CI timeout's SIGTERM stops the sweep as Ctrl-C does
+            if executor == "local":
+                view.begin(len(before), kept, 1)
+                _run_local(todo, out, view, record, results)
+            else:
+                from cachebench.sweep.ray_executor import run_ray
 
-            startup, count = run_ray(todo, out, view, record, results, address, workers, len(before), kept)
+                startup, count = run_ray(todo, out, view, record, results, address, workers, len(before), kept)
     except (RunInterrupted, KeyboardInterrupt):
         view.stop()
         record()
