@@ -38,7 +38,8 @@ grid:
   - task: multiturn
     methods: {streamingllm: {ratio: [0.25, 0.5]}, snapkv: {ratio: [0.25, 0.5]}, pyramidkv: {ratio: [0.25, 0.5]}}
 """
-SHARED = pytest.mark.xdist_group("sweep-reference")  # the tests that read the reference run share one worker's copy
+# one pytest-xdist worker runs this whole module, so the module's reference run is made once, not once per worker
+pytestmark = pytest.mark.xdist_group("sweep")
 
 
 def _write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
@@ -237,7 +238,6 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return grid, out
 
 
-@SHARED
 def test_a_rerun_skips_every_finished_shard_and_status_says_done(reference_run, tmp_path):
     grid, reference = reference_run
     out = tmp_path / "again"
@@ -252,7 +252,6 @@ def test_a_rerun_skips_every_finished_shard_and_status_says_done(reference_run, 
     assert plan.returncode == 0 and "6 done" in plan.stdout and "0 to run" in plan.stdout, plan.stdout
 
 
-@SHARED
 def test_a_folder_holding_the_sweep_twice_reads_as_one_copy(reference_run, tmp_path):
     _, reference = reference_run
     shutil.copytree(reference, tmp_path / "a")
@@ -264,7 +263,6 @@ def test_a_folder_holding_the_sweep_twice_reads_as_one_copy(reference_run, tmp_p
     assert gate.returncode == 0, gate.stdout + gate.stderr
 
 
-@SHARED
 def test_shards_of_a_cell_hold_the_unsharded_run_row_for_row(reference_run, tmp_path):
     _, reference = reference_run
     args = ["eval", "--method", "snapkv", "--param", "ratio=0.5", "--task", "multiturn", "--limit", "2",
@@ -280,7 +278,6 @@ def test_shards_of_a_cell_hold_the_unsharded_run_row_for_row(reference_run, tmp_
     assert _items(tmp_path) == whole and len(whole) == 8
 
 
-@SHARED
 def test_a_sigkilled_sweep_continues_where_it_stopped_and_recomputes_nothing(reference_run, tmp_path):
     _, reference = reference_run
     # two of the reference grid's cells (the same keys, so the same items): the first finishes, the second is cut
@@ -309,7 +306,6 @@ def test_a_sigkilled_sweep_continues_where_it_stopped_and_recomputes_nothing(ref
     assert len(items) == 16 and items == {key: whole[key] for key in items}
 
 
-@SHARED
 def test_a_ray_sweep_with_a_killed_worker_gives_the_local_rows(reference_run, tmp_path):
     pytest.importorskip("ray", reason="the Ray executor is an optional extra; scripts/setup.sh installs it")
     grid, reference = reference_run
