@@ -38,6 +38,7 @@ grid:
   - task: multiturn
     methods: {streamingllm: {ratio: [0.25, 0.5]}, snapkv: {ratio: [0.25, 0.5]}, pyramidkv: {ratio: [0.25, 0.5]}}
 """
+ONE_EPISODE = "dtype: float32\ndevice: cpu\nlimit: 1\ncontext_tokens: 256\ngrid:\n"  # cheap cells, one episode each
 # one pytest-xdist worker runs this whole module, so the module's reference run is made once, not once per worker
 pytestmark = pytest.mark.xdist_group("sweep")
 
@@ -346,14 +347,8 @@ class OutOfMemory(EvictionMethod):
 
 def test_a_failing_cell_gives_error_rows_the_sweep_goes_on_and_exits_1(tmp_path):
     (tmp_path / "faulty.py").write_text(FAULTY)
-    grid = _write(tmp_path, """
-        dtype: float32
-        device: cpu
-        limit: 1
-        context_tokens: 256
-        grid:
-          - {methods: ["faulty:OutOfMemory", full], task: multiturn.passkey, max_new_tokens: 8}
-        """)
+    grid = _write(tmp_path, ONE_EPISODE + '  - {methods: ["faulty:OutOfMemory", full], task: multiturn.passkey, '
+                            'max_new_tokens: 8}\n')
     out = tmp_path / "out"
     env = {"PYTHONPATH": str(tmp_path)}
     result = run_cli("sweep", "run", str(grid), "--out", str(out), "--quiet", env=env)
@@ -372,14 +367,8 @@ def test_a_failing_cell_gives_error_rows_the_sweep_goes_on_and_exits_1(tmp_path)
 
 
 def test_ctrl_c_stops_a_sweep_with_exit_130_and_keeps_finished_shards(tmp_path):
-    grid = _write(tmp_path, """
-        dtype: float32
-        device: cpu
-        limit: 1
-        context_tokens: 256
-        grid:
-          - {methods: {full: {}, streamingllm: {ratio: [0.25, 0.5, 0.75]}}, task: multiturn.passkey}
-        """)
+    grid = _write(tmp_path, ONE_EPISODE + "  - {methods: {full: {}, streamingllm: {ratio: [0.25, 0.5, 0.75]}}, "
+                            "task: multiturn.passkey}\n")
     out = tmp_path / "out"
     process = _start("sweep", "run", str(grid), "--out", str(out), "--quiet")
     try:
