@@ -36,7 +36,7 @@ class SweepView:
             from rich.console import Console
             from rich.live import Live
 
-            self._display = Live(self._line(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+            self._display = Live(self._text(), console=Console(stderr=True), refresh_per_second=4, transient=False)
             self._display.start()
         else:
             print(f"sweep: {total} shards, {kept} already done, {total - kept} to run on {self._workers} "
@@ -82,7 +82,7 @@ class SweepView:
 
     def stop(self) -> None:
         if self._display is not None:
-            self._display.update(self._line())
+            self._display.update(self._text())
             self._display.stop()
             self._display = None
 
@@ -106,6 +106,12 @@ class SweepView:
                 f"{self.rows} rows, {rate:.1f} rows/s | elapsed {elapsed / 60:.1f} min, ETA {eta_text}"
                 + (f"\n  running: {running}" if running else ""))
 
+    def _text(self) -> Any:
+        """The line as plain text: a label such as `[shard 0/2]` is not rich markup."""
+        from rich.text import Text
+
+        return Text(self._line())
+
     def _draw(self) -> None:
         if self._display is not None:
-            self._display.update(self._line())
+            self._display.update(self._text())
