@@ -7,6 +7,7 @@ import base64
 import hashlib
 import html as markup
 import re
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -369,3 +370,8 @@ def test_the_published_leaderboard_is_built_from_the_committed_sweep_results():
     assert published == committed, "refresh: cachebench leaderboard results/sweeps results/benchmarks --out leaderboard"
     assert {path.name for path in (site / "data").iterdir()} == {link.split("/", 1)[1] for link in links}
     assert f"{read_results(folders).num_rows:,} rows" in page
+    # and all of it is committed: a result file or a page that .gitignore keeps out of the repository is lost
+    kept_out = subprocess.run(["git", "-C", str(repo), "check-ignore", "--no-index", str(site / "index.html"),
+                               *map(str, folders), *(str(site / link) for link in links)],
+                              capture_output=True, text=True)
+    assert kept_out.returncode in (1, 128) and not kept_out.stdout, f"ignored by git: {kept_out.stdout}"
