@@ -502,6 +502,7 @@ def snapkv_runs(tmp_path_factory, worker_id, request) -> Path:
     return root
 
 
+@pytest.mark.xdist_group("gate-runs")  # one worker makes the runs; the other need not wait on the lock
 def test_gate_acceptance_with_the_embedded_model(snapkv_runs):
     unchanged = run_gate([snapkv_runs / "base"], [snapkv_runs / "rerun"])
     assert unchanged.passed and len(unchanged.cells) == 1, render_markdown(unchanged)
@@ -520,6 +521,7 @@ def test_gate_acceptance_with_the_embedded_model(snapkv_runs):
     assert f"| regressed | multiturn.passkey | snapkv | `{cell.key['cell_params']}` |" in report
 
 
+@pytest.mark.xdist_group("gate-runs")
 def test_gate_cli_exit_codes(snapkv_runs, tmp_path):
     base, rerun, degraded = (str(snapkv_runs / name) for name in ("base", "rerun", "degraded"))
     passed = run_cli("gate", "--baseline", base, "--candidate", rerun)

@@ -24,6 +24,10 @@ from cachebench.taskspec import all_tasks
 LOCAL_SDIST = Path("/tmp/bb/bigbench-1.0.0.tar.gz")
 
 
+# one pytest-xdist worker runs the module, so the real fetch below (about 30 s) is made once per session
+pytestmark = pytest.mark.xdist_group("passage-qa")
+
+
 def words(text: str) -> int:
     return len(text.split())
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, assert_usage_error, run_cli
+from filelock import FileLock
 
 from cachebench.errors import UsageError
 from cachebench.registry import method_track
@@ -228,15 +229,21 @@ def test_cli_lists_suites_and_rejects_an_unknown_one_in_one_line(tmp_path):
 # --- running: local, sharded, killed, resumed, Ray ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the small grid's file, the folder of its uninterrupted local run)."""
-    root = tmp_path_factory.mktemp("sweep")
-    grid = _write(root, SMALL)
-    out = root / "reference"
-    result = run_cli("sweep", "run", str(grid), "--out", str(out), "--quiet", timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert "6 shards (6 done, 0 partial, 0 failed, 0 pending)" in result.stderr
-    return grid, out
+def reference_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, Path]:
+    """(the small grid's file, the folder of its uninterrupted local run), made once per test session: in a folder
+    the session's xdist workers share, under a lock."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "sweep-reference"
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            grid = _write(root, SMALL)
+            result = run_cli("sweep", "run", str(grid), "--out", str(root / "reference"), "--quiet", timeout=900)
+            assert result.returncode == 0, result.stderr
+            assert "6 shards (6 done, 0 partial, 0 failed, 0 pending)" in result.stderr
+            (root / "done").touch()
+    return root / "grid.yaml", root / "reference"
 
 
 def test_a_rerun_skips_every_finished_shard_and_status_says_done(reference_run, tmp_path):
