@@ -16,7 +16,7 @@ from cachebench.runs import sigterm_as_interrupt
 from cachebench.sweep.check import check_sweep
 from cachebench.sweep.grid import Sweep
 from cachebench.sweep.progress import SweepView
-from cachebench.sweep.state import Shard, ShardState, check_out, sweep_states, write_manifest
+from cachebench.sweep.state import Shard, ShardState, check_out, shards, sweep_states, write_manifest
 from cachebench.sweep.work import ShardResult, ShardRunner
 
 EXECUTORS = ("local", "ray")
@@ -65,10 +65,9 @@ class _Recorder:
 def plan(sweep: Sweep, out: Path | None) -> tuple[list[ShardState], list[Shard]]:
     """(every shard's state in `out`, the shards a run would run), after checking every cell; nothing runs."""
     check_sweep(sweep, out or Path("."))
-    states = sweep_states(sweep, out) if out is not None and out.exists() else None
-    if states is None:
-        from cachebench.sweep.state import shards
-
+    if out is not None and out.exists():
+        states = sweep_states(sweep, out)
+    else:
         states = [ShardState(shard, "pending") for shard in shards(sweep)]
     return states, [state.shard for state in states if state.state != "done"]
 
