@@ -31,7 +31,7 @@ from cachebench.errors import RunInterrupted, UsageError
 from cachebench.method import KVMethod
 from cachebench.metrics import SCORER_REQUIRES, get_scorer
 from cachebench.models.loaded import LoadedModel
-from cachebench.models.loading import check_window, load_model, load_tokenizer
+from cachebench.models.loading import check_window, load_model, load_tokenizer, model_shape_config
 from cachebench.params import INT64_MAX
 from cachebench.registry import build_method, method_track
 from cachebench.results import REUSE_TIERS
@@ -94,7 +94,20 @@ def _check_request(request: EvalRequest) -> list[TaskSpec]:
                 raise UsageError(f"task {spec.name} is scored with {metric}, which needs {package}: "
                                  "pip install 'cachebench[data]'")
     check_window(request.model, request.context_tokens, request.max_new_tokens, request.truncate)
+    _check_method_fits(request)
     return specs
+
+
+def _check_method_fits(request: EvalRequest) -> None:
+    """The method's parameters against the model's shape, from its config alone (a quantization group that does
+    not divide the head dimension, a merge layer beyond the model): one line before the weights load."""
+    config = model_shape_config(request.model, ask_hub=False)
+    if config is None:  # a hub model neither cached nor asked for: the method checks again once it is loaded
+        return
+    try:
+        build_method(request.method, list(request.params)).check_config(config)
+    except ValueError as exc:
+        raise UsageError(f"method {request.method} on {request.model}: {exc}") from None
 
 
 def build_episodes(spec: TaskSpec, request: EvalRequest, model: LoadedModel | Any) -> list[Episode]:
@@ -233,6 +246,10 @@ def run_eval(request: EvalRequest, progress: ProgressSink | None = None, model: 
         attn_impl=model.attn_impl, timer=Clock(model.device).method, shard=shard_label(request.shard),
     )
     warm_up(model)
+    try:
+        method.check_config(model.config)
+    except ValueError as exc:
+        raise UsageError(f"method {request.method} on {model.name}: {exc}") from None
     method.attach(model)
 
     # a run with a stable id checkpoints after every episode (RunWriter bounds the cost), so a kill loses at most one

@@ -48,6 +48,11 @@ class KVMethod:
     def __init__(self, params: Any) -> None:
         self.params = params
 
+    def check_config(self, config: Any) -> None:
+        """Refuse parameters the model's shape cannot take, raising ValueError with a one-line reason, before
+        anything loads. `config` has the attributes of the model's transformers config (num_hidden_layers,
+        num_key_value_heads, head_dim or hidden_size / num_attention_heads, ...), read without the weights."""
+
     def attach(self, model: LoadedModel) -> None:
         """Called once per run, before the first episode."""
 

@@ -128,3 +128,41 @@ def test_a_score_only_method_runs_head_adaptive_on_the_embedded_model(embedded):
                 assert sum(layer.head_lengths()) == len(layer.head_lengths()) * (targets[idx] + 10)
     finally:
         hooks.remove()
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.2])
+def test_adakv_over_knorm_keeps_what_the_paper_pools_on_the_embedded_model(embedded, floor):
+    """`adakv --param scorer=knorm`: each layer's heads keep the entries the Ada-KV transcription picks from the
+    full cache's key norms (no queries involved, so the scores are computed here independently of the method)."""
+    from cachebench.baselines.kv.adakv import AdaKV, AdaKVParams
+
+    method = AdaKV(AdaKVParams(scorer="knorm", ratio=0.6, floor=floor))
+    ids = torch.randint(100, 5000, (150,), generator=torch.Generator().manual_seed(1)).tolist()
+    hooks = LayerHooks(embedded.model)
+    try:
+        with torch.inference_mode():
+            full = KVSession(embedded, KVMethod(None), hooks)
+            full.forward(ids, "context")
+            session = KVSession(embedded, method, hooks, query_aware=False)
+            session.forward(ids, "context")
+    finally:
+        hooks.remove()
+    keep = 60  # 150 x (1 - 0.6)
+    for idx in (0, 7, 29):
+        reference = full.cache.layers[idx].keys[0].float()  # (heads, L, d)
+        norms = reference.norm(dim=-1).tolist()
+        expected = adakv_transcription([[-n for n in row] for row in norms], keep, round(floor * keep))
+        layer = session.cache.layers[idx]
+        for h, head in enumerate(layer.head_keys):
+            matches = (head[0].float().unsqueeze(1) == reference[h].unsqueeze(0)).all(dim=-1)
+            assert torch.equal(matches.sum(dim=1), torch.ones(head.shape[1], dtype=torch.long))
+            assert matches.float().argmax(dim=1).tolist() == expected[h], (idx, h)
+        assert sum(layer.head_lengths()) == 3 * keep
+
+
+def test_adakv_refuses_an_unknown_scorer_in_one_line(tmp_path):
+    from conftest import assert_usage_error, run_cli
+
+    result = run_cli("eval", "--method", "adakv", "--param", "scorer=h2o", "--task", "multiturn", "--limit", "1",
+                     "--out", str(tmp_path))
+    assert_usage_error(result, "scorer", tmp_path)

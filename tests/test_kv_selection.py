@@ -1,4 +1,4 @@
-"""Selection rules of StreamingLLM, SnapKV, PyramidKV and H2O against plain transcriptions of their papers,
+"""Selection rules of StreamingLLM, SnapKV, PyramidKV, H2O and Knorm against plain transcriptions of their papers,
 written here with loops over heads and tokens, on small random tensors with GQA (6 query heads over 2 KV heads)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cachebench.baselines.kv.h2o import h2o_keep
+from cachebench.baselines.kv.knorm import Knorm, KnormParams
 from cachebench.baselines.kv.pyramidkv import pyramid_budgets
 from cachebench.baselines.kv.snapkv import SnapKV, SnapKVParams
 from cachebench.baselines.kv.streamingllm import streaming_keep
@@ -144,3 +145,21 @@ def test_snapkv_pooling_counts_the_padding_at_the_edges():
     raw = snapkv_scores(keys, queries, kernel=1)
     assert torch.allclose(pooled[..., 0], (raw[..., 0] + raw[..., 1]) / 3)  # the whole kernel divides, pads are 0
     assert torch.allclose(pooled[..., 5], raw[..., 4:7].sum(-1) / 3)
+
+
+def paper_knorm(keys, keep):
+    """Knorm (Devoto et al., 2024): per KV head, keep the `keep` entries whose keys have the lowest L2 norm."""
+    kept = []
+    for h in range(keys.shape[1]):
+        norms = [math.sqrt(sum(float(x) ** 2 for x in keys[0, h, j])) for j in range(keys.shape[2])]
+        kept.append(sorted(sorted(range(len(norms)), key=lambda j: norms[j])[:keep]))
+    return kept
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knorm_keeps_the_lowest_key_norms(seed):
+    keys, _ = random_qk(length=40, window=1, seed=seed)
+    keys = keys * torch.linspace(0.5, 2.0, 40).view(1, 1, 40, 1)  # norms spread along the sequence, not sorted
+    ours = Knorm(KnormParams(budget=13)).select(SimpleNamespace(), keys, None, 13)
+    assert ours.tolist()[0] == paper_knorm(keys, 13)
+    assert ours[0, 0].tolist() != ours[0, 1].tolist()  # heads choose on their own

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -174,21 +175,37 @@ def _window(config: dict[str, Any] | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def _config_dict(spec: str, ask_hub: bool) -> dict[str, Any] | None:
+    if spec == DEFAULT_MODEL:
+        return _embedded_config()
+    if spec.startswith("random:"):
+        from cachebench.models import random_init
+
+        return random_init.build_config(spec.removeprefix("random:")).to_dict()
+    path = Path(spec).expanduser()
+    if _looks_local(spec, path):
+        return _local_config(spec, path)
+    return _hub_config(spec) if ask_hub else None
+
+
 def model_window(spec: str, *, ask_hub: bool = True) -> int | None:
     """The context window of the model `--model` names, read from its config alone (no weights), so a request
     that cannot fit is refused before anything loads; a local folder without a config or a broken random config
     is refused here too. None when the window cannot be known: a config that sets none, or a hub id that is
     neither cached nor reachable (or not asked for, `ask_hub=False`: the hub costs a network round trip)."""
-    if spec == DEFAULT_MODEL:
-        return _window(_embedded_config())
-    if spec.startswith("random:"):
-        from cachebench.models import random_init
+    return _window(_config_dict(spec, ask_hub))
 
-        return _window(random_init.build_config(spec.removeprefix("random:")).to_dict())
-    path = Path(spec).expanduser()
-    if _looks_local(spec, path):
-        return _window(_local_config(spec, path))
-    return _window(_hub_config(spec)) if ask_hub else None
+
+def model_shape_config(spec: str, *, ask_hub: bool = True) -> SimpleNamespace | None:
+    """The config of the model `--model` names as attributes (its text model's, for a multimodal one), read
+    without the weights, so a method can refuse parameters this shape cannot take (a group size that does not
+    divide the head dimension, a layer beyond the model) before anything loads. None when it cannot be read."""
+    config = _config_dict(spec, ask_hub)
+    if config is None:
+        return None
+    if isinstance(config.get("text_config"), dict) and "num_hidden_layers" not in config:
+        config = config["text_config"]
+    return SimpleNamespace(**config)
 
 
 def check_window(spec: str, context_tokens: int | None, max_new_tokens: int | None, truncate: str) -> None:
