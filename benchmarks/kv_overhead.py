@@ -19,14 +19,25 @@ import argparse
 import statistics
 import sys
 
-METHODS = ["streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv", "tokenselect", "razorattention"]
+# label -> (method, parameters): a budgeted method runs at `--ratio`; the others at the setting named in the label
+METHODS: dict[str, tuple[str, list[str]]] = {
+    **{name: (name, ["ratio={ratio}"]) for name in (
+        "streamingllm", "h2o", "snapkv", "pyramidkv", "cake", "windowkv", "tokenselect", "razorattention", "knorm",
+        "adakv", "kvmerger", "chelsea")},
+    "think": ("think", ["ratio={ratio}", "channel_ratio=0.5"]),
+    "think-channels-only": ("think", ["ratio=0", "channel_ratio=0.5"]),
+    "kivi-4bit": ("kivi", ["bits=4"]),
+    "kivi-2bit": ("kivi", ["bits=2"]),
+    "quantized-4bit": ("quantized", ["nbits=4"]),
+    "minicache": ("minicache", []),
+}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context-tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default="embedded", help="as for `cachebench eval --model`")
@@ -55,7 +66,9 @@ def main(argv: list[str]) -> int:
     question = model.tokenizer(chat.query(spec.query_joiner + prepared.turn_texts[0]),
                                add_special_tokens=False)["input_ids"]
     methods = {"full": build_method("full", [])}
-    methods.update({name: build_method(name, [f"ratio={args.ratio}"]) for name in args.methods})
+    for label in args.methods:
+        name, settings = METHODS[label]
+        methods[label] = build_method(name, [item.format(ratio=args.ratio) for item in settings])
     for method in methods.values():
         method.attach(model)
     clock = Clock(model.device)
