@@ -29,7 +29,7 @@ NARROW = {"COLUMNS": "80"}
 HEAVY = ("torch", "transformers")
 
 TYPOS = [
-    (["--method", "snapkvv", "--task", "multiturn"], "unknown method 'snapkvv'; did you mean 'snapkv'?"),
+    (["--method", "snapkvv", "--task", "multiturn"], "unknown method 'snapkvv'; did you mean 'snapkv' or 'adakv'?"),
     (["--method", "snapkv", "--task", "multiturnn"], "unknown task 'multiturnn'; did you mean 'multiturn'"),
     (["--method", "snapkv", "--task", "multiturn", "--param", "kernal=3"], "did you mean 'kernel'?"),
     (["--method", "snapkv", "--task", "multiturn", "--param", "ratio=1.5"], "--param ratio=1.5: must be <= 0.99"),
@@ -132,7 +132,7 @@ def test_list_methods_unknown_name_is_one_line_without_torch():
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cachebench.cli", "list", "methods",
                              "snapkvv"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
-    assert error_lines(result.stderr) == ["error: unknown method 'snapkvv'; did you mean 'snapkv'?"]
+    assert error_lines(result.stderr) == ["error: unknown method 'snapkvv'; did you mean 'snapkv' or 'adakv'?"]
     assert not heavy(imported_modules(result.stderr))
     listed = subprocess.run([sys.executable, "-X", "importtime", "-m", "cachebench.cli", "list", "methods",
                              "cacheblend"], capture_output=True, text=True, cwd=REPO, timeout=60)

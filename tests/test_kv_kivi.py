@@ -230,7 +230,7 @@ def test_two_bits_hold_under_a_fifth_of_the_bytes_in_bfloat16_too():
 
 def test_parameters_are_checked_against_each_other_and_the_model():
     with pytest.raises(ValueError, match="multiple of group_size"):
-        KIVIParams(group_size=32, residual=40)
+        KIVI(KIVIParams(group_size=32, residual=40)).check_config(SMOL)
     KIVI(KIVIParams(group_size=16, residual=64)).check_config(SMOL)
     with pytest.raises(ValueError, match="does not divide the head dimension 64"):
         KIVI(KIVIParams(group_size=48, residual=96)).check_config(SMOL)

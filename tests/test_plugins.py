@@ -29,7 +29,7 @@ class KNormParams(BudgetParams):
 
 
 class KNormPress(EvictionMethod):
-    name = "knorm"
+    name = "sinknorm"
     summary = "Keys with the smallest L2 norm are kept (Devoto et al., 2024)."
     Params = KNormParams
     uses_queries = False
@@ -72,7 +72,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = root / "mypkg-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[cachebench.methods]\nknorm = mypkg.press:KNormPress\n")
+    (info / "entry_points.txt").write_text("[cachebench.methods]\nsinknorm = mypkg.press:KNormPress\n")
     (root / "tasks").mkdir()
     (root / "tasks" / "mytask.yaml").write_text(TASK)
     return root
@@ -93,30 +93,30 @@ def test_a_plugin_method_and_task_run_and_read_like_built_ins(plugin, tmp_path):
                   "2", "--out", str(tmp_path / "a"), "--quiet", env=env)
     assert ran.returncode == 0, ran.stderr
     rows = rows_of(tmp_path / "a")
-    assert len(rows) == 4 and {r["method"] for r in rows} == {"knorm"} and {r["task"] for r in rows} == {"mine.passkey"}
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"sinknorm"} and {r["task"] for r in rows} == {"mine.passkey"}
     assert all(r["error"] is None for r in rows) and json.loads(rows[0]["cell_params"])["ratio"] == 0.5
     per_token = 30 * 2 * 3 * 64 * AUTO_DTYPE.itemsize  # SmolLM2-135M: layers x (K, V) x KV heads x head dim x bytes
     assert all(r["dtype"] == AUTO_DTYPE_NAME and r["kv_bytes"] < 0.75 * r["context_tokens"] * per_token for r in rows)
-    again = run_cli("eval", "--method", "knorm", "--task", "mine.passkey", "--include-path", str(plugin / "tasks"),
+    again = run_cli("eval", "--method", "sinknorm", "--task", "mine.passkey", "--include-path", str(plugin / "tasks"),
                     "--param", "ratio=0.5", "--limit", "2", "--out", str(tmp_path / "b"), "--quiet", env=env)
     assert again.returncode == 0, again.stderr  # the installed entry point and the included task folder
     assert [(r["prediction"], r["score"]) for r in rows_of(tmp_path / "b")] == [(r["prediction"], r["score"])
                                                                                  for r in rows]
     shown = run_cli("show", str(tmp_path / "a"), env=env)
-    assert shown.returncode == 0 and "knorm" in shown.stdout and "mine.passkey" in shown.stdout
+    assert shown.returncode == 0 and "sinknorm" in shown.stdout and "mine.passkey" in shown.stdout
     board = run_cli("leaderboard", str(tmp_path / "a"), "--out", str(tmp_path / "site"), env=env)
-    assert board.returncode == 0 and "knorm" in (tmp_path / "site" / "index.html").read_text()
+    assert board.returncode == 0 and "sinknorm" in (tmp_path / "site" / "index.html").read_text()
     gate = run_cli("gate", "--baseline", str(tmp_path / "a"), "--candidate", str(tmp_path / "b"), env=env)
     assert gate.returncode == 0, gate.stdout  # the same run again: unchanged, two episodes judged
-    assert "| unchanged | mine.passkey | knorm |" in gate.stdout
+    assert "| unchanged | mine.passkey | sinknorm |" in gate.stdout
 
 
 def test_an_installed_plugin_is_listed(plugin):
     listed = run_cli("list", "methods", env={**env_with(plugin), "COLUMNS": "200"})
     assert listed.returncode == 0
-    line = next(line for line in listed.stdout.splitlines() if line.startswith("knorm"))
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("sinknorm"))
     assert "kv" in line and "mypkg.press:KNormPress" in line
-    detail = run_cli("list", "methods", "knorm", env=env_with(plugin))
+    detail = run_cli("list", "methods", "sinknorm", env=env_with(plugin))
     assert detail.returncode == 0 and "sinks: int = 4" in detail.stdout
 
 
@@ -125,7 +125,7 @@ def test_an_installed_plugin_is_listed(plugin):
     (["--method", "mypkg.press:Missing"], "mypkg.press has no Missing"),
     (["--method", "os:sep"], "is not a cachebench method class"),
     (["--method", "mypkg.press:Impostor"], "a built-in method"),
-    (["--method", "knorm", "--param", "sinks=-1"], "sinks"),
+    (["--method", "sinknorm", "--param", "sinks=-1"], "sinks"),
     (["--method", "full", "--task", "{root}/mypkg/__init__.py.yaml"], "unknown task"),
     (["--method", "full", "--task", "{root}/bad.yaml"], "not a task definition"),
     (["--method", "full", "--include-path", "{root}/nowhere"], "not a folder"),
@@ -163,7 +163,7 @@ def test_the_python_api_returns_what_the_cli_writes(plugin, tmp_path, monkeypatc
     from mypkg.press import KNormPress
 
     pressed = cachebench.evaluate(method=KNormPress, task=task, params={"ratio": 0.75}, limit=1, out=tmp_path / "k")
-    assert set(pressed["method"].to_pylist()) == {"knorm"}
+    assert set(pressed["method"].to_pylist()) == {"sinknorm"}
     assert json.loads(pressed["cell_params"][0].as_py())["ratio"] == 0.75
     with pytest.raises(UsageError, match="unknown option"):
         cachebench.evaluate(method="full", task=task, limits=2)

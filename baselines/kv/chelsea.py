@@ -132,11 +132,8 @@ class Chelsea(EvictionMethod):
     summary = "Chunked bipartite soft matching of keys; each cluster's KV merged into its centroid (Hu et al., 2025)."
     Params = ChelseaParams
     uses_queries = False
-
-    def __init__(self, params: ChelseaParams) -> None:
-        super().__init__(params)
-        # static decode buffers cannot carry the per-entry log(size) bias
-        self.fixed_cache_while_decoding = not params.proportional
+    # static decode buffers cannot carry the per-entry log(size) bias of proportional attention
+    fixed_cache_while_decoding = False
 
     def new_cache(self, model: Any) -> DynamicCache:
         cache = DynamicCache(config=model.config)

@@ -43,13 +43,6 @@ class KIVIParams:
     residual: int = param(128, "newest tokens kept in full precision (a multiple of group_size)", low=1,
                           high=MAX_TOKENS)
 
-    def __post_init__(self) -> None:
-        if self.group_size < 1 or self.residual < 1:
-            raise ValueError("group_size and residual must be positive")
-        if self.residual % self.group_size:
-            raise ValueError(f"residual ({self.residual}) must be a multiple of group_size ({self.group_size}): "
-                             "keys are quantized a residual at a time, in whole token groups")
-
 
 class KIVI(KVMethod):
     name = "kivi"
@@ -59,7 +52,12 @@ class KIVI(KVMethod):
     fixed_cache_while_decoding = False  # tokens leave the residual and are quantized while decoding
 
     def check_config(self, config: Any) -> None:
-        """Value groups split the head dimension, and codes pack into whole bytes along it."""
+        """Keys are quantized a residual at a time in whole token groups; value groups split the head dimension,
+        and codes pack into whole bytes along it."""
+        if self.params.residual % self.params.group_size:
+            raise ValueError(f"residual ({self.params.residual}) must be a multiple of group_size "
+                             f"({self.params.group_size}): keys are quantized a residual at a time, in whole token "
+                             "groups")
         dim = head_dim(config)
         if dim % self.params.group_size:
             raise ValueError(f"group_size {self.params.group_size} does not divide the head dimension {dim}")
